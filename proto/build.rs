@@ -1,0 +1,15 @@
+//! Compiles the `.proto` files with `protox`, a protobuf compiler written in Rust, so that a
+//! fresh machine needs only `cargo` (no system `protoc`).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = ["sluice/sync/v1/sync.proto"];
+    for f in files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(files, ["."])?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_client(false)
+        .compile_fds(fds)?;
+    Ok(())
+}
