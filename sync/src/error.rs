@@ -78,3 +78,48 @@ pub enum KeyError {
     #[error("key is empty")]
     Empty,
 }
+
+/// A contribution received from a peer that does not fit the table. Nothing of a message that
+/// holds one is applied.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ContributionError {
+    /// The key does not fit the table's key type.
+    #[error("bad key: {0}")]
+    BadKey(#[from] KeyError),
+    /// A data type number this build does not know.
+    #[error("unknown data type number {0}")]
+    UnknownDataType(i32),
+    /// A data type the table does not store.
+    #[error("table `{table}` does not store `{ty}`")]
+    NotStored {
+        /// The table.
+        table: String,
+        /// The type.
+        ty: DataType,
+    },
+    /// The same type twice in one contribution.
+    #[error("`{0}` appears twice in one contribution")]
+    Duplicate(DataType),
+    /// A rate whose period differs from the table's.
+    #[error("`{ty}` has period {got}ms, the table's is {want}ms")]
+    PeriodMismatch {
+        /// The type.
+        ty: DataType,
+        /// Period received.
+        got: u32,
+        /// The table's period.
+        want: u32,
+    },
+    /// Fields that make no sense for the type, e.g. a stamp on a counter.
+    #[error("malformed `{ty}`: {why}")]
+    Malformed {
+        /// The type.
+        ty: DataType,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// Version zero: versions start at one.
+    #[error("contribution has version 0")]
+    ZeroVersion,
+}

@@ -4,11 +4,36 @@
 //! bounded size and eviction; and the change feed that replication drains.
 //!
 //! The engine is sans-IO: it opens no sockets, spawns no tasks and reads no clock. Callers pass
-//! the monotonic time (`Tick`) and the hybrid logical clock, so tests drive time explicitly.
-//! It knows nothing of HTTP, frontends, backends or config files.
+//! the monotonic time ([`Tick`]) and wall-clock milliseconds for the hybrid logical clock
+//! ([`Hlc`]), so tests drive time explicitly. It knows nothing of HTTP, frontends, backends or
+//! config files.
+//!
+//! Main types: [`TableSchema`] (what a table stores), [`Table`] (the sharded table and its
+//! hot-path API: [`Table::track`], [`Table::record`], [`Table::read`]), [`Origins`] (the
+//! node incarnations contributing to the tables), [`Contribution`] (one origin's state for one
+//! entry: the unit of replication) and [`wire`] (its protobuf form).
 
+pub mod clock;
+pub mod contribution;
+mod entry;
 pub mod error;
+pub mod key;
+mod layout;
+pub mod origin;
+mod rate;
 pub mod schema;
+mod shard;
+pub mod table;
+pub mod wire;
 
-pub use error::{KeyError, SchemaError};
-pub use schema::{DataType, Kind, KeyType, Stored, TableSchema};
+pub use clock::{Hlc, Stamp, Tick};
+pub use contribution::{Applied, Contribution, Datum, Value};
+pub use entry::Event;
+pub use error::{ContributionError, KeyError, SchemaError};
+pub use key::Key;
+pub use origin::{LOCAL, OriginId, OriginName, Origins};
+pub use schema::{DataType, KeyType, Kind, Stored, TableSchema};
+pub use shard::MAX_CONSUMERS;
+pub use table::{
+    Consumer, Cursor, EntryView, FeedError, OriginView, SetError, Table, TableStats, Tracked,
+};

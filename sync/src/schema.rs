@@ -44,7 +44,10 @@ impl FromStr for KeyType {
             "binary" => KeyType::Binary,
             _ => return Err(SchemaError::UnknownKeyType(s.into())),
         };
-        let len: usize = arg.trim().parse().map_err(|_| SchemaError::BadKeyLength(s.into()))?;
+        let len: usize = arg
+            .trim()
+            .parse()
+            .map_err(|_| SchemaError::BadKeyLength(s.into()))?;
         if len == 0 || len > MAX_KEY_LEN {
             return Err(SchemaError::BadKeyLength(s.into()));
         }
@@ -248,10 +251,20 @@ impl TableSchema {
                 return Err(SchemaError::DuplicateDataType(s.ty));
             }
             if s.ty.kind() == Kind::Rate && s.period_ms == 0 {
-                return Err(SchemaError::BadPeriod(s.to_string(), "a period must not be zero".into()));
+                return Err(SchemaError::BadPeriod(
+                    s.to_string(),
+                    "a period must not be zero".into(),
+                ));
             }
         }
-        Ok(TableSchema { name, key, size, expire_ms, store, sync })
+        Ok(TableSchema {
+            name,
+            key,
+            size,
+            expire_ms,
+            store,
+            sync,
+        })
     }
 
     /// Parses the store list of the config.
@@ -305,11 +318,26 @@ mod tests {
     fn key_types_parse() {
         assert_eq!("ip".parse::<KeyType>().unwrap(), KeyType::Ip);
         assert_eq!("integer".parse::<KeyType>().unwrap(), KeyType::Integer);
-        assert_eq!("string(32)".parse::<KeyType>().unwrap(), KeyType::String(32));
-        assert_eq!("binary(16)".parse::<KeyType>().unwrap(), KeyType::Binary(16));
-        assert!(matches!("string(0)".parse::<KeyType>(), Err(SchemaError::BadKeyLength(_))));
-        assert!(matches!("string(x)".parse::<KeyType>(), Err(SchemaError::BadKeyLength(_))));
-        assert!(matches!("uuid".parse::<KeyType>(), Err(SchemaError::UnknownKeyType(_))));
+        assert_eq!(
+            "string(32)".parse::<KeyType>().unwrap(),
+            KeyType::String(32)
+        );
+        assert_eq!(
+            "binary(16)".parse::<KeyType>().unwrap(),
+            KeyType::Binary(16)
+        );
+        assert!(matches!(
+            "string(0)".parse::<KeyType>(),
+            Err(SchemaError::BadKeyLength(_))
+        ));
+        assert!(matches!(
+            "string(x)".parse::<KeyType>(),
+            Err(SchemaError::BadKeyLength(_))
+        ));
+        assert!(matches!(
+            "uuid".parse::<KeyType>(),
+            Err(SchemaError::UnknownKeyType(_))
+        ));
         for k in ["ip", "integer", "string(7)", "binary(9)"] {
             assert_eq!(k.parse::<KeyType>().unwrap().to_string(), k);
         }
@@ -334,10 +362,22 @@ mod tests {
     #[test]
     fn store_errors_are_specific() {
         let err = |s: &str| s.parse::<Stored>().unwrap_err();
-        assert!(matches!(err("http_req_rate"), SchemaError::MissingPeriod(DataType::HttpReqRate)));
-        assert!(matches!(err("http_req_rate(0s)"), SchemaError::BadPeriod(..)));
-        assert!(matches!(err("http_req_rate(ten)"), SchemaError::BadPeriod(..)));
-        assert!(matches!(err("gpc0(10s)"), SchemaError::UnexpectedPeriod(DataType::Gpc0)));
+        assert!(matches!(
+            err("http_req_rate"),
+            SchemaError::MissingPeriod(DataType::HttpReqRate)
+        ));
+        assert!(matches!(
+            err("http_req_rate(0s)"),
+            SchemaError::BadPeriod(..)
+        ));
+        assert!(matches!(
+            err("http_req_rate(ten)"),
+            SchemaError::BadPeriod(..)
+        ));
+        assert!(matches!(
+            err("gpc0(10s)"),
+            SchemaError::UnexpectedPeriod(DataType::Gpc0)
+        ));
         assert!(matches!(err("gpc9"), SchemaError::UnknownDataType(_)));
         assert_eq!(
             err("http_req_rate(0s)").to_string(),
@@ -348,15 +388,32 @@ mod tests {
     #[test]
     fn schema_validation() {
         let store = TableSchema::parse_store(&["gpc0", "http_req_rate(10s)"]).unwrap();
-        let ok = TableSchema::new("t", KeyType::Ip, 10, Duration::from_secs(60), store.clone(), true);
+        let ok = TableSchema::new(
+            "t",
+            KeyType::Ip,
+            10,
+            Duration::from_secs(60),
+            store.clone(),
+            true,
+        );
         assert!(ok.is_ok());
-        let zero = TableSchema::new("t", KeyType::Ip, 0, Duration::from_secs(60), store.clone(), true);
+        let zero = TableSchema::new(
+            "t",
+            KeyType::Ip,
+            0,
+            Duration::from_secs(60),
+            store.clone(),
+            true,
+        );
         assert!(matches!(zero, Err(SchemaError::ZeroSize)));
         let no_expire = TableSchema::new("t", KeyType::Ip, 1, Duration::ZERO, store.clone(), true);
         assert!(matches!(no_expire, Err(SchemaError::BadExpire(_))));
         let dup = TableSchema::parse_store(&["gpc0", "gpc0"]).unwrap();
         let dup = TableSchema::new("t", KeyType::Ip, 1, Duration::from_secs(1), dup, true);
-        assert!(matches!(dup, Err(SchemaError::DuplicateDataType(DataType::Gpc0))));
+        assert!(matches!(
+            dup,
+            Err(SchemaError::DuplicateDataType(DataType::Gpc0))
+        ));
         let bad_name = TableSchema::new("a b", KeyType::Ip, 1, Duration::from_secs(1), store, true);
         assert!(matches!(bad_name, Err(SchemaError::BadTableName(_))));
     }

@@ -1,0 +1,693 @@
+//! A stick table: a fixed number of shards, each behind its own short-held mutex, so the
+//! request path never takes a table-wide lock and two cores rarely meet on one shard.
+//!
+//! The hot path is [`Table::track`] (find or create the entry of a key) followed by
+//! [`Table::record`] and [`Table::read`] through the returned [`Tracked`] handle, which
+//! remembers the entry's slot so later calls skip the hash lookup. Replication uses
+//! [`Table::apply`], the change feed ([`Table::subscribe`], [`Table::take_changes`]) and
+//! [`Table::snapshot_chunk`]; the node's sweeper calls [`Table::sweep`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use hashbrown::DefaultHashBuilder;
+use parking_lot::Mutex;
+use std::hash::BuildHasher;
+
+use crate::clock::{Hlc, Stamp, Tick};
+use crate::contribution::{Applied, Contribution, Value};
+use crate::entry::{Ctx, Entry, Event};
+use crate::key::Key;
+use crate::layout::{self, Cell, Layout};
+use crate::origin::{OriginId, Origins};
+use crate::schema::{DataType, Kind, TableSchema};
+use crate::shard::{Evicted, MAX_CONSUMERS, Shard};
+
+/// Most shards a table has; a power of two.
+const MAX_SHARDS: usize = 64;
+
+/// An undersized table is logged at most this often.
+const UNDERSIZED_LOG_INTERVAL_MS: u32 = 10_000;
+
+/// A shard on its own cache lines, so two cores updating neighbouring shards do not bounce one
+/// line between them.
+#[repr(align(128))]
+#[derive(Debug)]
+struct Padded(Mutex<Shard>);
+
+/// A handle on a tracked entry: the key and where its entry was last seen.
+#[derive(Clone, Debug)]
+pub struct Tracked {
+    key: Key,
+    hash: u64,
+    slot: u32,
+}
+
+impl Tracked {
+    /// The tracked key.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+}
+
+/// A consumer of the change feed (one per peer session). Give it back with
+/// [`Table::unsubscribe`] when the session ends.
+#[derive(Debug)]
+pub struct Consumer {
+    id: usize,
+    next_shard: usize,
+}
+
+/// The feed has no room for another consumer.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FeedError {
+    /// All consumer slots are taken.
+    #[error("too many change-feed consumers (at most {MAX_CONSUMERS} peers)")]
+    Full,
+    /// The table is not replicated (`sync = false`).
+    #[error("table `{0}` is not replicated")]
+    NotReplicated(String),
+}
+
+/// An admin write that the table cannot take.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SetError {
+    /// The table does not store the type.
+    #[error("table `{table}` does not store `{ty}`")]
+    NotStored {
+        /// The table.
+        table: String,
+        /// The type.
+        ty: DataType,
+    },
+    /// Rates and gauges are measured, not set.
+    #[error("`{0}` is measured from traffic and cannot be set (use `table clear` to reset it)")]
+    NotSettable(DataType),
+}
+
+/// Where an iteration over a table stands.
+#[derive(Clone, Debug, Default)]
+pub struct Cursor {
+    shard: usize,
+    slot: usize,
+}
+
+impl Cursor {
+    /// A cursor at the start of the table.
+    pub fn new() -> Cursor {
+        Cursor::default()
+    }
+
+    /// Whether the iteration has passed the last shard.
+    pub fn is_done(&self) -> bool {
+        self.shard >= MAX_SHARDS
+    }
+}
+
+/// Counters of what happened to a table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableStats {
+    /// Entries held now.
+    pub entries: usize,
+    /// Entries evicted to make room since the table was created.
+    pub evictions: u64,
+    /// Of those, entries evicted before their `expire`: the table is too small.
+    pub evictions_unexpired: u64,
+    /// Entries removed because they expired.
+    pub expired: u64,
+}
+
+/// The merged view of one entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryView {
+    /// The key.
+    pub key: Key,
+    /// Milliseconds since any origin touched it.
+    pub idle_ms: u32,
+    /// Each stored type with its fleet-merged value (`None`: an unset register).
+    pub values: Vec<(DataType, Option<u64>)>,
+    /// Each origin's own contribution, when asked for.
+    pub origins: Vec<OriginView>,
+}
+
+/// One origin's contribution to an entry, for display.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OriginView {
+    /// The origin.
+    pub origin: OriginId,
+    /// Its version.
+    pub version: u64,
+    /// Milliseconds since it touched the entry.
+    pub idle_ms: u32,
+    /// The reset it counts from.
+    pub epoch: Stamp,
+    /// Its own value of each stored type.
+    pub values: Vec<(DataType, Option<u64>)>,
+}
+
+/// A stick table.
+#[derive(Debug)]
+pub struct Table {
+    schema: TableSchema,
+    layout: Layout,
+    shards: Box<[Padded]>,
+    shard_mask: usize,
+    hasher: DefaultHashBuilder,
+    origins: Arc<Origins>,
+    hlc: Arc<Hlc>,
+    /// Consumers whose bit a local change sets; read under each shard lock.
+    active: AtomicU64,
+    /// Consumer ids handed out (an id returns only after its bits are cleared everywhere).
+    allocated: Mutex<u64>,
+    entries: AtomicUsize,
+    evictions: AtomicU64,
+    evictions_unexpired: AtomicU64,
+    expired: AtomicU64,
+    /// `1 << 32 | tick` of the last undersized warning, 0 if none.
+    warned: AtomicU64,
+}
+
+impl Table {
+    /// An empty table. `origins` and `hlc` are the node's, shared by all its tables.
+    pub fn new(schema: TableSchema, origins: Arc<Origins>, hlc: Arc<Hlc>) -> Table {
+        let n = shard_count(schema.size);
+        let hasher = DefaultHashBuilder::default();
+        let shards = (0..n)
+            .map(|i| {
+                let cap = schema.size / n + usize::from(i < schema.size % n);
+                Padded(Mutex::new(Shard::new(cap, hasher.hash_one(i) | 1)))
+            })
+            .collect();
+        Table {
+            layout: Layout::new(&schema),
+            schema,
+            shards,
+            shard_mask: n - 1,
+            hasher,
+            origins,
+            hlc,
+            active: AtomicU64::new(0),
+            allocated: Mutex::new(0),
+            entries: AtomicUsize::new(0),
+            evictions: AtomicU64::new(0),
+            evictions_unexpired: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+            warned: AtomicU64::new(0),
+        }
+    }
+
+    /// The table's schema.
+    pub fn schema(&self) -> &TableSchema {
+        &self.schema
+    }
+
+    /// The table's name.
+    pub fn name(&self) -> &str {
+        &self.schema.name
+    }
+
+    /// The node's origins.
+    pub fn origins(&self) -> &Arc<Origins> {
+        &self.origins
+    }
+
+    /// Entries held now.
+    pub fn len(&self) -> usize {
+        self.entries.load(Ordering::Relaxed)
+    }
+
+    /// Whether the table holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// What happened to the table so far.
+    pub fn stats(&self) -> TableStats {
+        TableStats {
+            entries: self.len(),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            evictions_unexpired: self.evictions_unexpired.load(Ordering::Relaxed),
+            expired: self.expired.load(Ordering::Relaxed),
+        }
+    }
+
+    fn cx(&self, now: Tick) -> Ctx<'_> {
+        Ctx {
+            layout: &self.layout,
+            origins: &self.origins,
+            now,
+            expire: self.schema.expire_ms,
+        }
+    }
+
+    fn hash(&self, key: &Key) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn shard_of(&self, hash: u64) -> &Mutex<Shard> {
+        // Bits 40.. pick the shard: hashbrown uses the low bits for the bucket and the top 7
+        // for its control bytes, so every shard keeps the full spread of both.
+        &self.shards[(hash >> 40) as usize & self.shard_mask].0
+    }
+
+    /// Finds or creates the entry of `key` for a local write, runs `f` on it, and marks the
+    /// change for the feed. Creating may evict the least recently touched entry of the shard.
+    fn write_local<R>(
+        &self,
+        t: &mut Tracked,
+        now: Tick,
+        f: impl FnOnce(&mut Entry, &Ctx<'_>) -> R,
+    ) -> R {
+        let cx = self.cx(now);
+        let mut shard = self.shard_of(t.hash).lock();
+        let slot = match shard.locate(t.slot, t.hash, &t.key) {
+            Some(s) => s,
+            None => {
+                let (s, evicted) = shard.insert(&self.hasher, t.hash, t.key.clone(), &cx);
+                self.count_insert(evicted, now);
+                s
+            }
+        };
+        t.slot = slot;
+        // Invariant: `locate`/`insert` returned an occupied slot and the lock is still held.
+        let entry = shard.entry_mut(slot).expect("slot is occupied");
+        let r = f(entry, &cx);
+        if self.schema.sync {
+            shard.mark_dirty(slot, self.active.load(Ordering::Acquire));
+        }
+        r
+    }
+
+    fn count_insert(&self, evicted: Option<Evicted>, now: Tick) {
+        self.entries.fetch_add(1, Ordering::Relaxed);
+        let Some(ev) = evicted else { return };
+        self.entries.fetch_sub(1, Ordering::Relaxed);
+        self.evictions.fetch_add(1, Ordering::Relaxed);
+        if ev.idle_ms < self.schema.expire_ms {
+            self.evictions_unexpired.fetch_add(1, Ordering::Relaxed);
+            let last = self.warned.load(Ordering::Relaxed);
+            let due = last == 0 || now.since(Tick(last as u32)) >= UNDERSIZED_LOG_INTERVAL_MS;
+            if due
+                && self
+                    .warned
+                    .compare_exchange(
+                        last,
+                        1 << 32 | u64::from(now.0),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                tracing::warn!(
+                    table = %self.schema.name,
+                    size = self.schema.size,
+                    evicted.idle_ms = ev.idle_ms,
+                    expire_ms = self.schema.expire_ms,
+                    "table is undersized: evicting entries before they expire; raise its size"
+                );
+            }
+        }
+    }
+
+    /// A handle on `key` without touching the table. Its first write creates the entry.
+    pub fn handle(&self, key: Key) -> Tracked {
+        Tracked {
+            hash: self.hash(&key),
+            key,
+            slot: u32::MAX,
+        }
+    }
+
+    /// Finds or creates the entry of `key` and touches it: the `track-sc` of a rule.
+    pub fn track(&self, key: Key, now: Tick) -> Tracked {
+        let mut t = self.handle(key);
+        self.write_local(&mut t, now, |e, cx| e.touch(cx));
+        t
+    }
+
+    /// Records a local event on a tracked entry (re-creating it if it was evicted meanwhile).
+    pub fn record(&self, t: &mut Tracked, ev: Event, now: Tick) {
+        self.write_local(t, now, |e, cx| e.record(cx, ev));
+    }
+
+    /// Writes a register (`server_id`, `gpt0`) of a tracked entry. `wall_ms` is the node's
+    /// wall clock, for the write's stamp. Does nothing if the table does not store `ty`.
+    pub fn set_register(&self, t: &mut Tracked, ty: DataType, value: u64, wall_ms: u64, now: Tick) {
+        let Some(f) = self
+            .layout
+            .field(ty)
+            .filter(|f| f.cell == Cell::Register)
+            .copied()
+        else {
+            return;
+        };
+        let stamp = self.hlc.stamp(wall_ms);
+        self.write_local(t, now, |e, cx| e.set_register(cx, &f, value, stamp));
+    }
+
+    /// The fleet-merged value of `ty` for a tracked entry at `now`. `None` if the table does
+    /// not store `ty`, the register is unset, or the entry is gone.
+    pub fn read(&self, t: &mut Tracked, ty: DataType, now: Tick) -> Option<u64> {
+        let f = self.layout.field(ty)?;
+        let cx = self.cx(now);
+        let shard = self.shard_of(t.hash).lock();
+        let slot = shard.locate(t.slot, t.hash, &t.key)?;
+        t.slot = slot;
+        shard.entry(slot)?.read(&cx, f)
+    }
+
+    /// The fleet-merged value of `ty` for `key`, without creating anything.
+    pub fn read_key(&self, key: &Key, ty: DataType, now: Tick) -> Option<u64> {
+        let mut t = self.handle(key.clone());
+        self.read(&mut t, ty, now)
+    }
+
+    /// Sets a field from the admin API: a register is written with a fresh stamp; a counter is
+    /// moved so the fleet-wide value becomes `value` (increments made concurrently elsewhere
+    /// still add to it). Rates and gauges are measured and cannot be set.
+    pub fn set(
+        &self,
+        key: Key,
+        ty: DataType,
+        value: u64,
+        wall_ms: u64,
+        now: Tick,
+    ) -> Result<(), SetError> {
+        let f = *self.layout.field(ty).ok_or_else(|| SetError::NotStored {
+            table: self.schema.name.clone(),
+            ty,
+        })?;
+        let mut t = self.handle(key);
+        match f.cell {
+            Cell::Register => {
+                let stamp = self.hlc.stamp(wall_ms);
+                self.write_local(&mut t, now, |e, cx| e.set_register(cx, &f, value, stamp));
+            }
+            Cell::Counter => self.write_local(&mut t, now, |e, cx| e.set_counter(cx, &f, value)),
+            Cell::Rate { .. } | Cell::Gauge => return Err(SetError::NotSettable(ty)),
+        }
+        Ok(())
+    }
+
+    /// Clears one key fleet-wide: a reset stamped now, which wins over every counter, rate and
+    /// register write made before it on any node once it has replicated. Gauges (live
+    /// connections) are facts, not history, and stay.
+    pub fn clear_key(&self, key: Key, wall_ms: u64, now: Tick) {
+        let stamp = self.hlc.stamp(wall_ms);
+        let mut t = self.handle(key);
+        self.write_local(&mut t, now, |e, cx| e.clear(cx, stamp));
+    }
+
+    /// Clears every entry the node holds, one shard at a time, with one stamp. Returns how
+    /// many entries were cleared.
+    pub fn clear_all(&self, wall_ms: u64, now: Tick) -> usize {
+        let stamp = self.hlc.stamp(wall_ms);
+        let cx = self.cx(now);
+        let mut n = 0;
+        for p in self.shards.iter() {
+            let mut shard = p.0.lock();
+            let mask = self.active.load(Ordering::Acquire);
+            for slot in 0..shard.slot_count() as u32 {
+                if let Some(e) = shard.entry_mut(slot) {
+                    e.clear(&cx, stamp);
+                    n += 1;
+                    if self.schema.sync {
+                        shard.mark_dirty(slot, mask);
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    /// Applies a remote origin's contribution. Idempotent and order-insensitive: a version not
+    /// newer than the one held is ignored. The contribution must have been checked against the
+    /// schema (`wire::decode`); values of types the table does not store are ignored.
+    pub fn apply(&self, origin: OriginId, c: &Contribution, now: Tick) -> Applied {
+        if c.idle_ms >= self.schema.expire_ms {
+            return Applied::Expired;
+        }
+        self.hlc.observe(c.epoch);
+        for d in &c.data {
+            if let Value::Register { stamp, .. } = d.value {
+                self.hlc.observe(stamp);
+            }
+        }
+        let cx = self.cx(now);
+        let hash = self.hash(&c.key);
+        let mut shard = self.shard_of(hash).lock();
+        let slot = match shard.find(hash, &c.key) {
+            Some(s) => s,
+            None => {
+                let (s, evicted) = shard.insert(&self.hasher, hash, c.key.clone(), &cx);
+                self.count_insert(evicted, now);
+                s
+            }
+        };
+        let Some(entry) = shard.entry_mut(slot) else {
+            return Applied::Stale;
+        };
+        let (applied, rebased) = entry.apply(&cx, origin, c);
+        let empty = entry.record_count(&self.layout) == 0;
+        if empty {
+            // A brand-new entry whose only contribution was stale or expired.
+            shard.remove(&self.hasher, slot);
+            self.entries.fetch_sub(1, Ordering::Relaxed);
+        } else if rebased && self.schema.sync {
+            shard.mark_dirty(slot, self.active.load(Ordering::Acquire));
+        }
+        applied
+    }
+
+    /// The merged view of one entry, or `None` if the table does not hold it (or it expired).
+    pub fn get(&self, key: &Key, now: Tick, with_origins: bool) -> Option<EntryView> {
+        let cx = self.cx(now);
+        let hash = self.hash(key);
+        let shard = self.shard_of(hash).lock();
+        let e = shard.entry(shard.find(hash, key)?)?;
+        (!e.is_expired(&cx)).then(|| self.view(e, &cx, with_origins))
+    }
+
+    fn view(&self, e: &Entry, cx: &Ctx<'_>, with_origins: bool) -> EntryView {
+        let values = self
+            .layout
+            .fields
+            .iter()
+            .map(|f| (f.ty, e.read(cx, f)))
+            .collect();
+        let origins = if with_origins {
+            e.origins_of(&self.layout)
+                .map(|(i, origin)| {
+                    let rec = e.record_at(&self.layout, i);
+                    OriginView {
+                        origin,
+                        version: rec[layout::VERSION],
+                        idle_ms: cx.now.since(layout::touched(rec)),
+                        epoch: layout::epoch(rec),
+                        values: self
+                            .layout
+                            .fields
+                            .iter()
+                            .map(|f| (f.ty, e.read_origin(cx, rec, f)))
+                            .collect(),
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        EntryView {
+            key: e.key.clone(),
+            idle_ms: e.idle(&self.layout, cx.now),
+            values,
+            origins,
+        }
+    }
+
+    /// Visits up to `max` live entries from `cursor`, holding one shard's lock at a time, and
+    /// returns how many were visited. Entries added or removed meanwhile may or may not be seen.
+    pub fn scan(
+        &self,
+        cursor: &mut Cursor,
+        max: usize,
+        now: Tick,
+        with_origins: bool,
+        mut f: impl FnMut(EntryView),
+    ) -> usize {
+        let cx = self.cx(now);
+        self.walk(cursor, max, |e| {
+            if e.is_expired(&cx) {
+                return 0;
+            }
+            f(self.view(e, &cx, with_origins));
+            1
+        })
+    }
+
+    /// Appends up to about `max` contributions of every origin, from `cursor`, for a snapshot
+    /// sent to a (re)connected peer. Holds one shard's lock at a time.
+    pub fn snapshot_chunk(
+        &self,
+        cursor: &mut Cursor,
+        max: usize,
+        now: Tick,
+        out: &mut Vec<(OriginId, Contribution)>,
+    ) -> usize {
+        let cx = self.cx(now);
+        self.walk(cursor, max, |e| {
+            let mut n = 0;
+            for (i, origin) in e.origins_of(&self.layout) {
+                let c = e.export(&cx, i);
+                if c.idle_ms < cx.expire {
+                    out.push((origin, c));
+                    n += 1;
+                }
+            }
+            n
+        })
+    }
+
+    /// Visits entries from `cursor` until `visit` has counted `max`.
+    fn walk(
+        &self,
+        cursor: &mut Cursor,
+        max: usize,
+        mut visit: impl FnMut(&Entry) -> usize,
+    ) -> usize {
+        let mut n = 0;
+        while cursor.shard < self.shards.len() && n < max {
+            let shard = self.shards[cursor.shard].0.lock();
+            while cursor.slot < shard.slot_count() && n < max {
+                // slot_count <= cap < 2^31.
+                if let Some(e) = shard.entry(cursor.slot as u32) {
+                    n += visit(e);
+                }
+                cursor.slot += 1;
+            }
+            if cursor.slot >= shard.slot_count() {
+                cursor.shard += 1;
+                cursor.slot = 0;
+            }
+        }
+        if cursor.shard >= self.shards.len() {
+            cursor.shard = MAX_SHARDS;
+        }
+        n
+    }
+
+    /// Removes expired entries and records, visiting at most `max` slots from `cursor` (which
+    /// wraps around). Returns how many entries were removed.
+    pub fn sweep(&self, cursor: &mut Cursor, max: usize, now: Tick) -> usize {
+        let cx = self.cx(now);
+        let mut visited = 0;
+        let mut removed = 0;
+        while visited < max {
+            if cursor.shard >= self.shards.len() {
+                *cursor = Cursor::new();
+            }
+            let mut shard = self.shards[cursor.shard].0.lock();
+            let end = shard.slot_count().min(cursor.slot + (max - visited));
+            for slot in cursor.slot..end {
+                // slot < slot_count <= cap < 2^31.
+                let slot = slot as u32;
+                let gone = shard.entry_mut(slot).is_some_and(|e| e.sweep(&cx));
+                if gone {
+                    shard.remove(&self.hasher, slot);
+                    removed += 1;
+                }
+            }
+            visited += end - cursor.slot + 1;
+            cursor.slot = end;
+            if cursor.slot >= shard.slot_count() {
+                cursor.shard += 1;
+                cursor.slot = 0;
+            }
+        }
+        self.entries.fetch_sub(removed, Ordering::Relaxed);
+        self.expired.fetch_add(removed as u64, Ordering::Relaxed);
+        removed
+    }
+
+    // === change feed ===
+
+    /// Registers a consumer of the local changes. Changes made before this call are not in its
+    /// feed: send it a snapshot after subscribing.
+    pub fn subscribe(&self) -> Result<Consumer, FeedError> {
+        if !self.schema.sync {
+            return Err(FeedError::NotReplicated(self.schema.name.clone()));
+        }
+        let mut allocated = self.allocated.lock();
+        let id = (!*allocated).trailing_zeros() as usize;
+        if id >= MAX_CONSUMERS {
+            return Err(FeedError::Full);
+        }
+        *allocated |= 1 << id;
+        self.active.fetch_or(1 << id, Ordering::AcqRel);
+        Ok(Consumer { id, next_shard: 0 })
+    }
+
+    /// Ends a consumer's feed and frees its slot.
+    pub fn unsubscribe(&self, c: Consumer) {
+        self.active.fetch_and(!(1u64 << c.id), Ordering::AcqRel);
+        for p in self.shards.iter() {
+            p.0.lock().drop_consumer(c.id);
+        }
+        *self.allocated.lock() &= !(1u64 << c.id);
+    }
+
+    /// Appends up to `max` of the local origin's contributions that changed since this consumer
+    /// last took them, each once, in its latest state. Returns how many were appended.
+    pub fn take_changes(
+        &self,
+        c: &mut Consumer,
+        max: usize,
+        now: Tick,
+        out: &mut Vec<Contribution>,
+    ) -> usize {
+        let cx = self.cx(now);
+        let mut n = 0;
+        for _ in 0..self.shards.len() {
+            if n >= max {
+                break;
+            }
+            let i = c.next_shard;
+            c.next_shard = (c.next_shard + 1) & self.shard_mask;
+            let mut shard = self.shards[i].0.lock();
+            while n < max {
+                let Some(slot) = shard.pop_dirty(c.id) else {
+                    break;
+                };
+                let Some(e) = slot.and_then(|s| shard.entry(s)) else {
+                    continue;
+                };
+                if let Some(li) = e.local_index(&self.layout) {
+                    out.push(e.export(&cx, li));
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// How many changes wait for a consumer (an upper bound: some may have been taken in a
+    /// newer state already).
+    pub fn pending(&self, c: &Consumer) -> usize {
+        self.shards.iter().map(|p| p.0.lock().pending(c.id)).sum()
+    }
+
+    /// Whether the table's schema makes `ty` a rate with the given period.
+    pub fn rate_period(&self, ty: DataType) -> Option<u32> {
+        self.schema
+            .stored(ty)
+            .filter(|s| s.ty.kind() == Kind::Rate)
+            .map(|s| s.period_ms)
+    }
+}
+
+fn shard_count(size: usize) -> usize {
+    // Shards of at least 64 entries: fewer, fuller shards keep eviction close to exact LRU in
+    // small tables; 64 shards spread a large table's lock traffic over two cores.
+    (size / 64).next_power_of_two().clamp(1, MAX_SHARDS)
+}
