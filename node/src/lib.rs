@@ -4,3 +4,33 @@
 //! node's lifecycle from signals; everything else lives here so tests can run nodes in-process.
 //!
 //! It uses the stick-table engine of `sluice-sync` and never sees the replication wire format.
+//!
+//! # Layout
+//!
+//! - [`config`]: the file format, environment overrides, validation into typed values.
+//! - [`node`]: [`Node`] starts, reloads and drains everything, and publishes its [`Phase`].
+//! - `listener`, `conn`: accept loops under `max_connections`; per connection the PROXY
+//!   header ([`proxy_protocol`]), the connection-rules hook, TLS ([`tls`]).
+//! - `http_proxy`, `tcp_proxy`: the two proxying modes.
+//! - [`backend`]: servers, DNS, health checks, balancing, connection pools.
+//! - [`metrics`] and `ops`: atomics on the hot path, Prometheus text on scrape.
+//! - `rules`: where the rules engine (a later issue) plugs into the request path.
+
+pub mod backend;
+pub mod config;
+mod conn;
+mod http_proxy;
+pub mod io;
+mod listener;
+pub mod metrics;
+pub mod node;
+mod ops;
+pub mod proxy_protocol;
+mod rules;
+mod tcp_proxy;
+pub mod tls;
+
+pub use config::{Config, ConfigError};
+pub use conn::ConnCtx;
+pub use listener::Frontend;
+pub use node::{Node, NodeError, Phase, ServerState};

@@ -1,0 +1,91 @@
+//! Idle keep-alive connections to one server.
+//!
+//! hyper's low-level HTTP/1 client is used directly: a connection is a `SendRequest` plus a
+//! driver task. A connection goes back to its server's pool when the response body has been
+//! read to the end (the proxy's response body wrapper does that), and is taken again by the
+//! next request. The pool is a short critical section on a small deque; there is no map lookup
+//! on the request path, since each server owns its pool.
+
+use std::collections::VecDeque;
+use std::io;
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+
+use super::{Background, Server};
+
+/// Idle connections kept per server; more than this are closed when released.
+pub(super) const MAX_IDLE_PER_SERVER: usize = 1024;
+
+/// Idle connections of one server.
+#[derive(Debug, Default)]
+pub struct Pool {
+    idle: Mutex<VecDeque<SendRequest<Incoming>>>,
+}
+
+impl Pool {
+    /// An idle connection ready for a request, most recently used first.
+    pub fn take(&self) -> Option<SendRequest<Incoming>> {
+        let mut idle = self.idle.lock();
+        for _ in 0..idle.len() {
+            let sender = idle.pop_back()?;
+            if sender.is_ready() {
+                return Some(sender);
+            }
+            // Not ready yet (its driver has not seen the end of the last exchange): keep it
+            // for later, behind the others. Closed ones are dropped.
+            if !sender.is_closed() {
+                idle.push_front(sender);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection after a complete exchange.
+    pub fn put(&self, sender: SendRequest<Incoming>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock();
+        if idle.len() < MAX_IDLE_PER_SERVER {
+            idle.push_back(sender);
+        }
+    }
+
+    /// Closes every idle connection.
+    pub fn clear(&self) {
+        let drained: Vec<_> = self.idle.lock().drain(..).collect();
+        drop(drained);
+    }
+
+    /// Idle connections now.
+    pub fn len(&self) -> usize {
+        self.idle.lock().len()
+    }
+
+    /// Whether there is no idle connection.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Opens a new HTTP/1.1 connection to `server`; its driver runs as a background task.
+pub async fn connect_http(server: &Server, bg: &Background) -> io::Result<SendRequest<Incoming>> {
+    let stream = server.connect().await?;
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(io::Error::other)?;
+    let token = bg.token.clone();
+    bg.tracker.spawn(async move {
+        // The driver ends when the server closes, or when the pool and any in-flight
+        // exchange have dropped the sender.
+        tokio::select! {
+            _ = conn => {}
+            _ = token.cancelled() => {}
+        }
+    });
+    Ok(sender)
+}

@@ -1,0 +1,253 @@
+//! One client connection: its context (the real client address after a PROXY header, the
+//! frontend it came in on), its activity clock for idle timeouts, and the steps from accept to
+//! the protocol handler: PROXY header, connection rules, TLS, then HTTP or TCP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use http::HeaderValue;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, debug_span};
+
+use crate::config::Mode;
+use crate::io::Prefixed;
+use crate::listener::Frontend;
+use crate::metrics::{ConnError, Outcome};
+use crate::proxy_protocol::{self, Header};
+use crate::rules::{self, Verdict};
+use crate::{http_proxy, tcp_proxy};
+
+/// What the request path knows about a client connection. Rules (a later issue) read the
+/// client address from here.
+#[derive(Debug)]
+pub struct ConnCtx {
+    /// The client: the peer address, or the source of a PROXY protocol header.
+    pub client: SocketAddr,
+    /// The local address the client connected to.
+    pub local: SocketAddr,
+    /// Whether the client connection is TLS.
+    pub tls: bool,
+    /// The frontend as configured when the connection was accepted; a reload does not change
+    /// an established connection.
+    pub frontend: Arc<Frontend>,
+    /// `X-Forwarded-For` value for this client.
+    pub(crate) xff: HeaderValue,
+    /// `Forwarded` value for this client.
+    pub(crate) forwarded: HeaderValue,
+    /// Requests in flight and the time of the last one's end.
+    pub(crate) activity: Activity,
+}
+
+impl ConnCtx {
+    fn new(client: SocketAddr, local: SocketAddr, tls: bool, frontend: Arc<Frontend>) -> ConnCtx {
+        let ip = client.ip();
+        let xff =
+            HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+        let proto = if tls { "https" } else { "http" };
+        let fwd = match ip {
+            std::net::IpAddr::V4(v4) => format!("for={v4};proto={proto}"),
+            std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto={proto}"),
+        };
+        let forwarded =
+            HeaderValue::from_str(&fwd).unwrap_or(HeaderValue::from_static("for=unknown"));
+        ConnCtx {
+            client,
+            local,
+            tls,
+            frontend,
+            xff,
+            forwarded,
+            activity: Activity::new(),
+        }
+    }
+}
+
+/// A connection's activity, read by its [`watchdog`]: requests in flight, requests seen, and
+/// when the last one ended (or, for TCP, when the last byte moved).
+#[derive(Debug)]
+pub(crate) struct Activity {
+    started: Instant,
+    in_flight: AtomicU32,
+    seen: AtomicU64,
+    /// Milliseconds from `started` to the last end of activity.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Activity {
+        Activity {
+            started: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            seen: AtomicU64::new(0),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// A request head arrived.
+    #[inline]
+    pub(crate) fn begin(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+        self.seen.fetch_add(1, Relaxed);
+    }
+
+    /// A request's response ended (or was abandoned).
+    #[inline]
+    pub(crate) fn end(&self) {
+        self.touch();
+        self.in_flight.fetch_sub(1, Relaxed);
+    }
+
+    /// Bytes moved (TCP mode).
+    #[inline]
+    pub(crate) fn touch(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Relaxed);
+        self.seen.fetch_add(1, Relaxed);
+    }
+}
+
+/// Resolves when the connection has been idle too long: no complete first request head within
+/// `first` of accepting, or nothing in flight for `idle` since the last request ended.
+///
+/// One timer per connection, re-armed only when it fires, so requests cost no timer work.
+pub(crate) async fn watchdog(a: &Activity, first: Duration, idle: Duration) {
+    let mut deadline = a.started + first;
+    loop {
+        tokio::time::sleep_until(deadline).await;
+        if a.in_flight.load(Relaxed) > 0 {
+            deadline = Instant::now() + idle;
+            continue;
+        }
+        let expires = if a.seen.load(Relaxed) == 0 {
+            a.started + first
+        } else {
+            a.started + Duration::from_millis(a.last_ms.load(Relaxed)) + idle
+        };
+        if Instant::now() >= expires {
+            return;
+        }
+        deadline = expires;
+    }
+}
+
+/// Decrements the active-connection gauge when a connection ends.
+struct ActiveConn(Arc<Frontend>);
+
+impl Drop for ActiveConn {
+    fn drop(&mut self) {
+        self.0.metrics.connections_active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Handles an accepted connection to the end. `_permit` holds its place under the frontend's
+/// `max_connections` until then.
+pub(crate) async fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    fe: Arc<Frontend>,
+    token: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    let span = debug_span!("conn", frontend = %fe.config.name, client.addr = %peer);
+    async move {
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(fe.config.bind);
+        fe.metrics.connections_active.fetch_add(1, Relaxed);
+        let _active = ActiveConn(fe.clone());
+        let header_timeout = fe.config.limits.header_timeout;
+
+        let (io, client) = if fe.config.accept_proxy {
+            match tokio::time::timeout(header_timeout, read_proxy_header(stream)).await {
+                Ok(Ok((io, source))) => (io, source.unwrap_or(peer)),
+                Ok(Err(error)) => {
+                    fe.metrics.conn_error(ConnError::ProxyProtocol);
+                    debug!(%error, "closing connection without a valid PROXY header");
+                    return;
+                }
+                Err(_) => {
+                    fe.metrics.conn_error(ConnError::ProxyProtocol);
+                    debug!("closing connection: no PROXY header in time");
+                    return;
+                }
+            }
+        } else {
+            (Prefixed::new(bytes::Bytes::new(), stream), peer)
+        };
+        if client != peer {
+            debug!(client.real = %client, "PROXY header");
+        }
+
+        let ctx = Arc::new(ConnCtx::new(client, local, fe.tls.is_some(), fe.clone()));
+        match rules::on_connection(&ctx) {
+            Verdict::Continue => fe.metrics.conn_opened(Outcome::Allowed),
+        }
+
+        match &fe.tls {
+            Some(acceptor) => {
+                let tls = match tokio::time::timeout(header_timeout, acceptor.accept(io)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(error)) => {
+                        fe.metrics.conn_error(ConnError::Tls);
+                        debug!(%error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        fe.metrics.conn_error(ConnError::Tls);
+                        debug!("TLS handshake timed out");
+                        return;
+                    }
+                };
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                match fe.config.mode {
+                    Mode::Http => http_proxy::serve(tls, ctx, token, h2).await,
+                    Mode::Tcp => tcp_proxy::serve(tls, ctx).await,
+                }
+            }
+            None => match fe.config.mode {
+                Mode::Http => http_proxy::serve(io, ctx, token, false).await,
+                Mode::Tcp => tcp_proxy::serve(io, ctx).await,
+            },
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Why a PROXY header could not be read.
+#[derive(Debug, thiserror::Error)]
+enum ProxyReadError {
+    #[error(transparent)]
+    Header(#[from] proxy_protocol::ProxyHeaderError),
+    #[error("connection closed before the header ended")]
+    Eof,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads a PROXY header; returns the stream (with any bytes read past the header in front)
+/// and the source address the header names.
+async fn read_proxy_header(
+    mut stream: TcpStream,
+) -> Result<(Prefixed<TcpStream>, Option<SocketAddr>), ProxyReadError> {
+    let mut buf = BytesMut::with_capacity(256);
+    loop {
+        if let Some((header, len)) = proxy_protocol::parse(&buf)? {
+            let rest = buf.split_off(len).freeze();
+            let source = match header {
+                Header::Proxied { source, .. } => Some(source),
+                Header::Local => None,
+            };
+            return Ok((Prefixed::new(rest, stream), source));
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(ProxyReadError::Eof);
+        }
+    }
+}

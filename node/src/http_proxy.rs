@@ -1,0 +1,447 @@
+//! HTTP reverse proxying: the per-connection server (HTTP/1.1, or HTTP/2 after TLS ALPN), the
+//! per-request path, and the response body that hands backend connections back to their pool.
+//!
+//! The request path does no map lookups, takes no lock except the server pool's, and formats
+//! nothing per request except when a client already sent `X-Forwarded-For`/`Forwarded`: the
+//! client-address header values are built once per connection.
+
+use std::convert::Infallible;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::backend::{ActiveGuard, Server, connect_http};
+use crate::conn::{ConnCtx, watchdog};
+use crate::metrics::Outcome;
+use crate::rules::{self, Verdict};
+
+/// Stale pooled connections tried before giving up on a request (each is found closed only
+/// when a request is handed to it).
+const MAX_STALE_RETRIES: u32 = 4;
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Serves one client connection until it closes, idles out, or drains after `token` fires.
+pub(crate) async fn serve<IO>(io: IO, ctx: Arc<ConnCtx>, token: CancellationToken, h2: bool)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = ctx.frontend.config.limits.clone();
+    let svc_ctx = ctx.clone();
+    let svc = service_fn(move |req| handle(svc_ctx.clone(), req));
+    if h2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
+        let conn = builder.serve_connection(TokioIo::new(io), svc);
+        drive(pin!(conn), &ctx, &token).await;
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            // Our watchdog enforces the header and keep-alive timeouts with one timer per
+            // connection; hyper's would arm a boxed timer per request.
+            .header_read_timeout(None)
+            .max_buf_size(limits.max_header_size)
+            .keep_alive(true);
+        let conn = builder.serve_connection(TokioIo::new(io), svc);
+        drive(pin!(conn), &ctx, &token).await;
+    }
+}
+
+/// The two hyper connection types, for [`drive`].
+trait Graceful: Future<Output = Result<(), hyper::Error>> {
+    fn shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S> Graceful for hyper::server::conn::http1::Connection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming>,
+    S::ResBody: Body + 'static,
+    <S::ResBody as Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, E> Graceful for hyper::server::conn::http2::Connection<I, S, E>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming>,
+    S::ResBody: Body + 'static,
+    <S::ResBody as Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+async fn drive<C: Graceful>(mut conn: Pin<&mut C>, ctx: &ConnCtx, token: &CancellationToken) {
+    let limits = &ctx.frontend.config.limits;
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            biased;
+            res = conn.as_mut() => {
+                if let Err(error) = res {
+                    debug!(%error, "client connection ended with an error");
+                }
+                return;
+            }
+            _ = token.cancelled(), if !draining => {
+                // Finish the request in flight, then close instead of keeping alive.
+                conn.as_mut().shutdown();
+                draining = true;
+            }
+            _ = watchdog(&ctx.activity, limits.header_timeout, limits.keepalive_timeout) => {
+                debug!("closing idle or too slow client connection");
+                return;
+            }
+        }
+    }
+}
+
+async fn handle(
+    ctx: Arc<ConnCtx>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    ctx.activity.begin();
+    let start = Instant::now();
+    let fe = &ctx.frontend;
+    let outcome = Outcome::Allowed;
+    let resp = match rules::on_request(&ctx, &req) {
+        Verdict::Continue => {
+            if req.method() == Method::CONNECT {
+                local(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n")
+            } else {
+                forward(&ctx, req).await
+            }
+        }
+    };
+    let status = resp.status().as_u16();
+    fe.metrics.request(status, outcome);
+    fe.metrics.latency.observe(start.elapsed());
+    let (parts, mut body) = resp.into_parts();
+    body.conn = Some(ctx);
+    Ok(Response::from_parts(parts, body))
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
+}
+
+async fn forward(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    let fe = &ctx.frontend;
+    let backend = &fe.backend;
+    prepare_request(ctx, &mut req);
+    let idempotent = is_idempotent(req.method());
+    let mut excluded: Option<Arc<Server>> = None;
+    let mut stale = 0;
+    loop {
+        let Some(server) = backend.select(ctx.client.ip(), excluded.as_deref()) else {
+            backend.metrics.no_server.fetch_add(1, Relaxed);
+            return local(StatusCode::SERVICE_UNAVAILABLE, "no server available\n");
+        };
+        let guard = server.begin();
+        let (mut sender, reused) = match server.pool.take() {
+            Some(sender) => (sender, true),
+            None => match connect_http(server, &fe.bg).await {
+                Ok(sender) => (sender, false),
+                Err(error) => {
+                    debug!(server = %server.name, %error, "cannot connect to server");
+                    // Nothing was sent, so an idempotent request may go to another server.
+                    if idempotent && excluded.is_none() && backend.servers.len() > 1 {
+                        backend.metrics.retries.fetch_add(1, Relaxed);
+                        excluded = Some(server.clone());
+                        continue;
+                    }
+                    return local(StatusCode::SERVICE_UNAVAILABLE, "no server available\n");
+                }
+            },
+        };
+        let sent = sender.try_send_request(req);
+        let result = tokio::time::timeout(backend.limits().response_timeout, sent).await;
+        let server = guard.server();
+        match result {
+            Ok(Ok(resp)) => {
+                server.metrics.response(resp.status().as_u16());
+                return proxied_response(ctx, resp, sender, guard);
+            }
+            Ok(Err(mut e)) => {
+                if let Some(back) = e.take_message() {
+                    // The request never left: a pooled connection had closed under us.
+                    if reused && stale < MAX_STALE_RETRIES {
+                        stale += 1;
+                        req = back;
+                        continue;
+                    }
+                }
+                server.metrics.response_errors.fetch_add(1, Relaxed);
+                debug!(server = %server.name, error = %e.error(), "backend request failed");
+                return local(StatusCode::BAD_GATEWAY, "bad gateway\n");
+            }
+            Err(_) => {
+                server.metrics.response_errors.fetch_add(1, Relaxed);
+                debug!(server = %server.name, "backend response timed out");
+                return local(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n");
+            }
+        }
+    }
+}
+
+fn prepare_request(ctx: &ConnCtx, req: &mut Request<Incoming>) {
+    // HTTP/2 and absolute-form requests carry the authority in the URI; the backend gets
+    // origin-form over HTTP/1.1 with a Host header.
+    if let Some(authority) = req.uri().authority() {
+        if !req.headers().contains_key(header::HOST)
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            req.headers_mut().insert(header::HOST, host);
+        }
+        let pq = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(pq);
+    }
+    *req.version_mut() = Version::HTTP_11;
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    append(headers, &X_FORWARDED_FOR, &ctx.xff);
+    append(headers, &FORWARDED, &ctx.forwarded);
+    if let Some(via) = &ctx.frontend.via {
+        append(headers, &header::VIA, via);
+    }
+}
+
+/// Adds `value` to a list header, joining with an existing value so the header stays single.
+fn append(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderValue) {
+    match headers.get_mut(name) {
+        None => {
+            headers.insert(name.clone(), value.clone());
+        }
+        Some(existing) => {
+            let mut joined = Vec::with_capacity(existing.len() + 2 + value.len());
+            joined.extend_from_slice(existing.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(value.as_bytes());
+            if let Ok(v) = HeaderValue::from_bytes(&joined) {
+                *existing = v;
+            }
+        }
+    }
+}
+
+/// Removes the headers that describe one hop (RFC 9110 §7.6.1), including those the
+/// `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let header::Entry::Occupied(conn) = headers.entry(header::CONNECTION) {
+        let (_, values) = conn.remove_entry_mult();
+        let named: Vec<HeaderName> = values
+            .filter_map(|v| v.to_str().ok().map(str::to_owned))
+            .flat_map(|v| {
+                v.split(',')
+                    .map(|t| t.trim().to_ascii_lowercase())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|t| !matches!(t.as_str(), "" | "close" | "keep-alive"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ] {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+}
+
+fn proxied_response(
+    ctx: &ConnCtx,
+    resp: Response<Incoming>,
+    sender: SendRequest<Incoming>,
+    guard: ActiveGuard,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(via) = &ctx.frontend.via {
+        append(&mut parts.headers, &header::VIA, via);
+    }
+    Response::from_parts(
+        parts,
+        ProxyBody {
+            kind: Kind::Upstream {
+                body,
+                release: Some((sender, guard)),
+            },
+            conn: None,
+        },
+    )
+}
+
+fn local(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody {
+        kind: Kind::Local(Some(Bytes::from_static(text.as_bytes()))),
+        conn: None,
+    });
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}
+
+/// A response body: streamed from a backend, or a short local answer.
+///
+/// When a backend body ends, its connection returns to the server's pool and the server's
+/// in-flight count drops; a body dropped before its end closes that connection instead.
+/// Either way the client connection learns the request is done (for the keep-alive timer).
+#[derive(Debug)]
+pub(crate) struct ProxyBody {
+    kind: Kind,
+    conn: Option<Arc<ConnCtx>>,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Upstream {
+        body: Incoming,
+        release: Option<(SendRequest<Incoming>, ActiveGuard)>,
+    },
+    Local(Option<Bytes>),
+}
+
+impl ProxyBody {
+    fn finish(&mut self, complete: bool) {
+        if let Kind::Upstream { release, .. } = &mut self.kind
+            && let Some((sender, guard)) = release.take()
+            && complete
+        {
+            guard.server().pool.put(sender);
+        }
+        if let Some(conn) = self.conn.take() {
+            conn.activity.end();
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = match &mut this.kind {
+            Kind::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            Kind::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        };
+        match &polled {
+            Poll::Ready(None) => this.finish(true),
+            Poll::Ready(Some(Err(_))) => this.finish(false),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Upstream { body, .. } => body.is_end_stream(),
+            Kind::Local(data) => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Upstream { body, .. } => body.size_hint(),
+            Kind::Local(Some(d)) => SizeHint::with_exact(d.len() as u64),
+            Kind::Local(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // hyper may drop a body it knows is empty (HEAD, 204, 304) without polling it.
+        let complete = matches!(&self.kind, Kind::Upstream { body, .. } if body.is_end_stream());
+        self.finish(complete);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret, Upgrade"),
+        );
+        h.append(header::CONNECTION, HeaderValue::from_static("x-other"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-keep"]);
+    }
+
+    #[test]
+    fn list_headers_are_joined() {
+        let mut h = HeaderMap::new();
+        append(
+            &mut h,
+            &X_FORWARDED_FOR,
+            &HeaderValue::from_static("10.0.0.1"),
+        );
+        append(
+            &mut h,
+            &X_FORWARDED_FOR,
+            &HeaderValue::from_static("10.0.0.2"),
+        );
+        assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "10.0.0.1, 10.0.0.2");
+    }
+}

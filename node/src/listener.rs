@@ -1,0 +1,145 @@
+//! Frontends at run time: the listening socket, its accept loop under the `max_connections`
+//! cap, and the [`Frontend`] each accepted connection captures.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use parking_lot::RwLock;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::backend::{Backend, Background};
+use crate::config::FrontendConfig;
+use crate::conn;
+use crate::metrics::FrontendMetrics;
+
+/// A frontend as one config defines it. Connections keep the `Frontend` they were accepted
+/// with; a reload publishes a new one for connections accepted after it.
+pub struct Frontend {
+    /// Its config.
+    pub config: FrontendConfig,
+    /// Where its traffic goes.
+    pub backend: Arc<Backend>,
+    /// Its counters (kept across reloads).
+    pub metrics: Arc<FrontendMetrics>,
+    /// TLS termination.
+    pub tls: Option<TlsAcceptor>,
+    /// `Via` value, when enabled.
+    pub via: Option<HeaderValue>,
+    /// Owner of backend connection drivers.
+    pub bg: Background,
+    /// The `max_connections` cap.
+    conns: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Frontend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frontend")
+            .field("name", &self.config.name)
+            .field("backend", &self.backend.config.name)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Frontend {
+    /// Assembles a frontend.
+    pub fn new(
+        config: FrontendConfig,
+        backend: Arc<Backend>,
+        metrics: Arc<FrontendMetrics>,
+        tls: Option<TlsAcceptor>,
+        node_name: &str,
+        bg: Background,
+    ) -> Frontend {
+        let via = config
+            .via
+            .then(|| HeaderValue::from_str(&format!("1.1 {node_name}")).ok())
+            .flatten();
+        let conns = Arc::new(Semaphore::new(config.limits.max_connections));
+        Frontend {
+            config,
+            backend,
+            metrics,
+            tls,
+            via,
+            bg,
+            conns,
+        }
+    }
+}
+
+/// A bound frontend socket and the frontend its accept loop currently serves.
+#[derive(Debug)]
+pub(crate) struct Listener {
+    /// The configured bind address (port 0 stays 0 here).
+    pub bind: SocketAddr,
+    /// The address actually bound.
+    pub local: SocketAddr,
+    /// The frontend new connections get.
+    pub current: Arc<RwLock<Arc<Frontend>>>,
+    /// Stops this accept loop (frontend removed or rebound).
+    pub stop: CancellationToken,
+}
+
+/// Binds a frontend's address (synchronously, so a reload can fail before it commits).
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+/// Runs the accept loop of `listener` until `stop` fires. Connections are tracked on
+/// `tracker` and drain when `conn_token` fires.
+pub(crate) fn spawn_accept(
+    listener: TcpListener,
+    current: Arc<RwLock<Arc<Frontend>>>,
+    stop: CancellationToken,
+    conn_token: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let conns = tracker.clone();
+    tracker.spawn(async move {
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let sem = current.read().conns.clone();
+            let permit = tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                p = sem.acquire_owned() => match p {
+                    Ok(p) => p,
+                    // The semaphore is never closed; a closed one would mean a dropped frontend.
+                    Err(_) => continue,
+                },
+            };
+            let (stream, peer) = tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(x) => { backoff = Duration::from_millis(5); x }
+                    Err(error) => {
+                        // Out of file descriptors or similar: back off instead of spinning.
+                        warn!(%error, "accept failed");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                },
+            };
+            let fe = current.read().clone();
+            conns.spawn(conn::handle(stream, peer, fe, conn_token.clone(), permit));
+        }
+        info!(addr = ?listener.local_addr().ok(), "listener closed");
+    });
+}

@@ -1,0 +1,113 @@
+//! TCP mode: pick a server (retrying once on another when the connect fails), then copy bytes
+//! both ways. When one side finishes sending, its half of the other connection is shut down
+//! and the other direction carries on (half-close); the connection closes when both are done
+//! or when no byte moved for `idle_timeout`.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tracing::debug;
+
+use crate::backend::Server;
+use crate::conn::{Activity, ConnCtx, watchdog};
+use crate::metrics::ConnError;
+
+const COPY_BUF: usize = 64 * 1024;
+
+/// Proxies one client connection to a backend server.
+pub(crate) async fn serve<IO>(client: IO, ctx: Arc<ConnCtx>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let fe = &ctx.frontend;
+    let backend = &fe.backend;
+    let mut excluded: Option<Arc<Server>> = None;
+    let (guard, upstream) = loop {
+        let Some(server) = backend.select(ctx.client.ip(), excluded.as_deref()) else {
+            backend.metrics.no_server.fetch_add(1, Relaxed);
+            fe.metrics.conn_error(ConnError::NoServer);
+            debug!("no server available");
+            return;
+        };
+        let guard = server.begin();
+        match server.connect().await {
+            Ok(stream) => break (guard, stream),
+            Err(error) => {
+                debug!(server = %server.name, %error, "cannot connect to server");
+                if excluded.is_none() && backend.servers.len() > 1 {
+                    backend.metrics.retries.fetch_add(1, Relaxed);
+                    excluded = Some(server.clone());
+                    continue;
+                }
+                fe.metrics.conn_error(ConnError::NoServer);
+                return;
+            }
+        }
+    };
+    let activity = &ctx.activity;
+    let mut client = Touch {
+        inner: client,
+        activity,
+    };
+    let mut upstream = Touch {
+        inner: upstream,
+        activity,
+    };
+    // Mark the connection active so the watchdog uses idle_timeout from the start.
+    activity.touch();
+    let idle = fe.config.limits.idle_timeout;
+    tokio::select! {
+        res = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, COPY_BUF, COPY_BUF) => {
+            match res {
+                Ok((up, down)) => debug!(server = %guard.server().name, bytes.up = up, bytes.down = down, "tcp connection closed"),
+                Err(error) => debug!(server = %guard.server().name, %error, "tcp connection ended with an error"),
+            }
+        }
+        _ = watchdog(activity, idle, idle) => {
+            debug!(server = %guard.server().name, "tcp connection idle, closing");
+        }
+    }
+}
+
+/// Records activity on every successful read.
+struct Touch<'a, T> {
+    inner: T,
+    activity: &'a Activity,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Touch<'_, T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Touch<'_, T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
