@@ -85,20 +85,17 @@ impl Shard {
         }
     }
 
-    /// Inserts a new entry for `key` (absent), evicting the least recently touched of a sample
-    /// first if the shard is full.
-    pub(crate) fn insert<S: BuildHasher>(
-        &mut self,
-        hasher: &S,
-        hash: u64,
-        key: Key,
-        cx: &Ctx<'_>,
-    ) -> (u32, Option<Evicted>) {
-        let evicted = if self.len >= self.cap {
-            self.evict_one(hasher, cx)
-        } else {
-            None
-        };
+    /// Whether the shard holds as many entries as its slab was sized for.
+    pub(crate) fn is_full(&self) -> bool {
+        self.len >= self.cap
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Inserts a new entry for `key` (absent). The caller makes room first when needed.
+    pub(crate) fn insert<S: BuildHasher>(&mut self, hasher: &S, hash: u64, key: Key) -> u32 {
         let entry = Entry::new(key);
         let slot = match self.free.pop() {
             Some(s) => {
@@ -120,7 +117,7 @@ impl Shard {
                 None => 0,
             });
         self.len += 1;
-        (slot, evicted)
+        slot
     }
 
     /// Removes the entry in `slot`.
@@ -145,7 +142,11 @@ impl Shard {
 
     /// Evicts the least recently touched entry among a sample of consecutive slots from a
     /// random start (all of them in a small shard): sampled LRU, as Redis does.
-    fn evict_one<S: BuildHasher>(&mut self, hasher: &S, cx: &Ctx<'_>) -> Option<Evicted> {
+    pub(crate) fn evict_one<S: BuildHasher>(
+        &mut self,
+        hasher: &S,
+        cx: &Ctx<'_>,
+    ) -> Option<Evicted> {
         let n = self.slots.len();
         if n == 0 {
             return None;

@@ -176,7 +176,10 @@ impl Table {
         let hasher = DefaultHashBuilder::default();
         let shards = (0..n)
             .map(|i| {
-                let cap = schema.size / n + usize::from(i < schema.size % n);
+                // Hashing spreads keys unevenly over shards, so each shard may hold a little
+                // more than its share; the table-wide bound is enforced by `entries`.
+                let share = schema.size / n + usize::from(i < schema.size % n);
+                let cap = (share + share / 16 + 8).min(schema.size);
                 Padded(Mutex::new(Shard::new(cap, hasher.hash_one(i) | 1)))
             })
             .collect();
@@ -264,11 +267,7 @@ impl Table {
         let mut shard = self.shard_of(t.hash).lock();
         let slot = match shard.locate(t.slot, t.hash, &t.key) {
             Some(s) => s,
-            None => {
-                let (s, evicted) = shard.insert(&self.hasher, t.hash, t.key.clone(), &cx);
-                self.count_insert(evicted, now);
-                s
-            }
+            None => self.insert(&mut shard, t.hash, t.key.clone(), &cx),
         };
         t.slot = slot;
         // Invariant: `locate`/`insert` returned an occupied slot and the lock is still held.
@@ -280,10 +279,64 @@ impl Table {
         r
     }
 
-    fn count_insert(&self, evicted: Option<Evicted>, now: Tick) {
-        self.entries.fetch_add(1, Ordering::Relaxed);
-        let Some(ev) = evicted else { return };
-        self.entries.fetch_sub(1, Ordering::Relaxed);
+    /// Inserts an absent key into its (locked) shard, first evicting an entry if the table is
+    /// at `size` or the shard at its capacity. `entries` is the table-wide bound: a place is
+    /// reserved in it before inserting, so concurrent inserts in other shards never take the
+    /// table past `size`.
+    fn insert(&self, shard: &mut Shard, hash: u64, key: Key, cx: &Ctx<'_>) -> u32 {
+        let size = self.schema.size;
+        let reserved = self
+            .entries
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < size).then_some(n + 1)
+            })
+            .is_ok();
+        if !reserved || shard.is_full() {
+            let evicted = match shard.evict_one(&self.hasher, cx) {
+                Some(ev) => Some(ev),
+                None => self.evict_elsewhere(hash, cx),
+            };
+            match evicted {
+                Some(ev) => {
+                    // Reserved: one in, one out. Not reserved: the eviction's place is ours.
+                    if reserved {
+                        self.entries.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    self.count_eviction(ev, cx.now);
+                }
+                None if !reserved => {
+                    // Unreachable in practice: the table is full, so some shard holds an entry
+                    // that a bounded number of non-blocking attempts failed to reach.
+                    self.entries.fetch_add(1, Ordering::AcqRel);
+                    tracing::error!(table = %self.schema.name, "could not evict; table exceeds its size by one");
+                }
+                None => {}
+            }
+        }
+        shard.insert(&self.hasher, hash, key)
+    }
+
+    /// Evicts from a shard other than the one of `hash`, which is locked by the caller and
+    /// empty. Only `try_lock` is used while holding a shard, so this can never deadlock.
+    fn evict_elsewhere(&self, hash: u64, cx: &Ctx<'_>) -> Option<Evicted> {
+        let own = (hash >> 40) as usize & self.shard_mask;
+        for round in 0..1000 {
+            for j in 1..self.shards.len() {
+                let i = (own + j) & self.shard_mask;
+                if let Some(mut other) = self.shards[i].0.try_lock()
+                    && !other.is_empty()
+                {
+                    return other.evict_one(&self.hasher, cx);
+                }
+            }
+            if round > 0 {
+                std::thread::yield_now();
+            }
+        }
+        None
+    }
+
+    fn count_eviction(&self, ev: Evicted, now: Tick) {
         self.evictions.fetch_add(1, Ordering::Relaxed);
         if ev.idle_ms < self.schema.expire_ms {
             self.evictions_unexpired.fetch_add(1, Ordering::Relaxed);
@@ -440,11 +493,7 @@ impl Table {
         let mut shard = self.shard_of(hash).lock();
         let slot = match shard.find(hash, &c.key) {
             Some(s) => s,
-            None => {
-                let (s, evicted) = shard.insert(&self.hasher, hash, c.key.clone(), &cx);
-                self.count_insert(evicted, now);
-                s
-            }
+            None => self.insert(&mut shard, hash, c.key.clone(), &cx),
         };
         let Some(entry) = shard.entry_mut(slot) else {
             return Applied::Stale;

@@ -297,3 +297,37 @@ fn clear_all_resets_every_entry_fleet_wide() {
         assert_eq!(b.read(&ip(&format!("10.4.0.{i}")), D::Gpc0, 2), Some(0));
     }
 }
+
+#[test]
+fn a_table_holds_exactly_size_entries_even_from_concurrent_threads() {
+    use std::sync::Arc;
+    let size = 20_000;
+    let a = Arc::new(Node::new("a", schema_sized(&["gpc0"], size)));
+    let threads: Vec<_> = (0..2u32)
+        .map(|w| {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                for i in 0..30_000u32 {
+                    let k = sluice_sync::Key::from_ip(std::net::Ipv4Addr::from(w << 24 | i).into());
+                    a.table.track(k, a.tick(i));
+                    assert!(a.table.len() <= size);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(
+        a.table.len(),
+        size,
+        "full, not short of size because of uneven shards"
+    );
+    let mut counted = 0;
+    let mut cur = Cursor::new();
+    while !cur.is_done() {
+        counted += a.table.scan(&mut cur, 1000, a.tick(30_000), false, |_| {});
+    }
+    assert_eq!(counted, size);
+    assert_eq!(a.table.stats().evictions, 60_000 - size as u64);
+}

@@ -1,0 +1,187 @@
+//! What does the table engine cost on the request path and on the replication path?
+//!
+//! `cargo bench -p sluice-sync --bench table`
+//!
+//! - `hot/record+read`: one request on an existing key (record `HttpReq`, then read the merged
+//!   `http_req_rate`), 1 thread and 2 threads on their own keys (per-op time per thread: equal
+//!   times mean linear scaling);
+//! - `create`: tracking a key the table does not hold, with room, and in a full table (evicts);
+//! - `apply`: applying a remote origin's contribution, decoded and not.
+//!
+//! Results and the machine they came from are in `docs/benchmarks.md`.
+
+use std::hint::black_box;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use prost::Message;
+use sluice_proto::sync::v1 as pb;
+use sluice_sync::{
+    Contribution, Cursor, DataType, Event, Hlc, Key, KeyType, OriginName, Origins, Table,
+    TableSchema, Tick, wire,
+};
+
+const STORE: &[&str] = &["http_req_rate(10s)", "conn_cur", "gpc0"];
+
+fn table(size: usize) -> Table {
+    let store = TableSchema::parse_store(STORE).unwrap();
+    let schema = TableSchema::new(
+        "per_ip",
+        KeyType::Ip,
+        size,
+        Duration::from_secs(60),
+        store,
+        true,
+    )
+    .unwrap();
+    let origins = Arc::new(Origins::new(
+        OriginName {
+            node: "bench".into(),
+            incarnation: 1,
+        },
+        5_000,
+    ));
+    Table::new(schema, origins, Arc::new(Hlc::new()))
+}
+
+fn ip_key(i: u32) -> Key {
+    Key::from_ip(Ipv4Addr::from(i).into())
+}
+
+fn hot(c: &mut Criterion) {
+    let mut g = c.benchmark_group("hot");
+    let t = table(1_000_000);
+    let mut h = t.track(ip_key(1), Tick(0));
+    let mut now = 0u32;
+    g.bench_function("record+read/1 thread", |b| {
+        b.iter(|| {
+            now = now.wrapping_add(1) & 0xffff;
+            t.record(&mut h, Event::HttpReq, Tick(now));
+            black_box(t.read(&mut h, DataType::HttpReqRate, Tick(now)))
+        })
+    });
+    let t = Arc::new(table(1_000_000));
+    g.bench_function("record+read/2 threads", |b| {
+        b.iter_custom(|iters| {
+            let barrier = Arc::new(Barrier::new(2));
+            let workers: Vec<_> = (0..2u32)
+                .map(|w| {
+                    let (t, barrier) = (t.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        let mut h = t.track(ip_key(100 + w), Tick(0));
+                        barrier.wait();
+                        let start = Instant::now();
+                        for i in 0..iters {
+                            let now = Tick((i & 0xffff) as u32);
+                            t.record(&mut h, Event::HttpReq, now);
+                            black_box(t.read(&mut h, DataType::HttpReqRate, now));
+                        }
+                        start.elapsed()
+                    })
+                })
+                .collect();
+            let times: Vec<Duration> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+            times.into_iter().max().unwrap()
+        })
+    });
+    g.finish();
+}
+
+fn create(c: &mut Criterion) {
+    let mut g = c.benchmark_group("create");
+    g.bench_function("new key, room", |b| {
+        b.iter_custom(|iters| {
+            let t = table(iters as usize + 1);
+            let start = Instant::now();
+            for i in 0..iters {
+                black_box(t.track(ip_key(i as u32), Tick(0)));
+            }
+            start.elapsed()
+        })
+    });
+    let t = table(100_000);
+    for i in 0..100_000 {
+        t.track(ip_key(i), Tick(0));
+    }
+    let mut next = 100_000u32;
+    g.bench_function("new key, full table (evicts)", |b| {
+        b.iter(|| {
+            next = next.wrapping_add(1);
+            black_box(t.track(ip_key(next), Tick(next / 1000)))
+        })
+    });
+    g.finish();
+}
+
+fn apply(c: &mut Criterion) {
+    let mut g = c.benchmark_group("apply");
+    // Contributions of a remote origin for 65,536 keys, as its snapshot would carry them.
+    let src = table(100_000);
+    for i in 0..65_536 {
+        let mut h = src.track(ip_key(i), Tick(0));
+        src.record(&mut h, Event::HttpReq, Tick(0));
+        src.record(&mut h, Event::IncGpc0(1), Tick(0));
+    }
+    let mut cs: Vec<(sluice_sync::OriginId, Contribution)> = Vec::new();
+    let mut cur = Cursor::new();
+    while !cur.is_done() {
+        src.snapshot_chunk(&mut cur, 4096, Tick(1), &mut cs);
+    }
+    let mut cs: Vec<Contribution> = cs.into_iter().map(|(_, c)| c).collect();
+    let dst = table(100_000);
+    let remote = dst
+        .origins()
+        .intern(&OriginName {
+            node: "peer".into(),
+            incarnation: 1,
+        })
+        .unwrap();
+    let mut i = 0;
+    g.bench_function("contribution", |b| {
+        b.iter(|| {
+            let c = &mut cs[i & 0xffff];
+            c.version += 1;
+            i += 1;
+            black_box(dst.apply(remote, c, Tick(2)))
+        })
+    });
+    // The replication path: decode a 1,000-contribution batch from bytes, check and apply it.
+    let batch = pb::TableContributions {
+        table: "per_ip".into(),
+        origin: Some(pb::Origin {
+            node: "peer".into(),
+            incarnation: 1,
+        }),
+        contributions: cs[..1000].iter().map(wire::encode).collect(),
+    };
+    let mut versions = 1_000_000u64;
+    g.throughput(criterion::Throughput::Elements(1000));
+    g.bench_function("decode+check+apply, batch of 1000", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let mut batch = batch.clone();
+                versions += 1;
+                batch
+                    .contributions
+                    .iter_mut()
+                    .for_each(|c| c.version = versions);
+                let bytes = batch.encode_to_vec();
+                let start = Instant::now();
+                let decoded = pb::TableContributions::decode(bytes.as_slice()).unwrap();
+                for c in &decoded.contributions {
+                    let c = wire::decode(c, dst.schema()).unwrap();
+                    black_box(dst.apply(remote, &c, Tick(3)));
+                }
+                total += start.elapsed();
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, hot, create, apply);
+criterion_main!(benches);
