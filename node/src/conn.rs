@@ -118,11 +118,15 @@ impl Activity {
 ///
 /// One timer per connection, re-armed only when it fires, so requests cost no timer work.
 pub(crate) async fn watchdog(a: &Activity, first: Duration, idle: Duration) {
-    let mut deadline = a.started + first;
+    // Activity does not wake the watchdog, so it never sleeps longer than `idle` past a
+    // check: a request that starts and ends meanwhile is then seen in time.
+    let step = first.min(idle);
+    let mut deadline = a.started + step;
     loop {
         tokio::time::sleep_until(deadline).await;
+        let now = Instant::now();
         if a.in_flight.load(Relaxed) > 0 {
-            deadline = Instant::now() + idle;
+            deadline = now + idle;
             continue;
         }
         let expires = if a.seen.load(Relaxed) == 0 {
@@ -130,10 +134,10 @@ pub(crate) async fn watchdog(a: &Activity, first: Duration, idle: Duration) {
         } else {
             a.started + Duration::from_millis(a.last_ms.load(Relaxed)) + idle
         };
-        if Instant::now() >= expires {
+        if now >= expires {
             return;
         }
-        deadline = expires;
+        deadline = expires.min(now + step);
     }
 }
 
