@@ -458,3 +458,36 @@ async fn tls_frontend_speaks_http1_and_h2() {
     n.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn dns_names_resolve_and_max_connections_caps_clients() {
+    let a = TestBackend::start("a").await;
+    // `localhost` may resolve to ::1 before 127.0.0.1; every address is tried in turn.
+    let cfg = http_config(&[&a], "", "limits = { max_connections = 1 }")
+        .replace(&a.addr.to_string(), &format!("localhost:{}", a.addr.port()));
+    assert!(cfg.contains("localhost:"));
+    let n = TestNode::start(&cfg).await;
+    let mut first = Client::connect(n.addr("web")).await;
+    assert_eq!(first.get("/").await, (200, Bytes::from("a")));
+    // The second connection waits in the accept queue while the first is open.
+    let mut second = tokio::spawn({
+        let addr = n.addr("web");
+        async move { get(addr, "/").await }
+    });
+    // A negative can only be shown by waiting a while.
+    let waited = tokio::time::timeout(Duration::from_millis(300), &mut second).await;
+    assert!(
+        waited.is_err(),
+        "second connection must not be served while the first is open"
+    );
+    drop(first);
+    assert_eq!(
+        tokio::time::timeout(5 * SECOND, second)
+            .await
+            .unwrap()
+            .unwrap(),
+        (200, Bytes::from("a"))
+    );
+    n.stop().await;
+    a.stop().await;
+}

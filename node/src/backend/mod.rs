@@ -44,8 +44,8 @@ pub struct Server {
     /// `server_id`.
     pub index: usize,
     config: ServerConfig,
-    /// The resolved address; `None` until a DNS name resolves.
-    addr: Mutex<Option<SocketAddr>>,
+    /// The resolved addresses, tried in order; empty until a DNS name resolves.
+    addrs: Mutex<Arc<[SocketAddr]>>,
     resolved: AtomicBool,
     /// Metrics and health state (`metrics.up`).
     pub metrics: Arc<ServerMetrics>,
@@ -67,27 +67,45 @@ impl Server {
         self.metrics.active.load(Relaxed)
     }
 
-    /// The current address.
-    pub fn addr(&self) -> Option<SocketAddr> {
-        *self.addr.lock()
+    /// The current addresses.
+    pub fn addrs(&self) -> Arc<[SocketAddr]> {
+        self.addrs.lock().clone()
     }
 
-    fn set_addr(&self, addr: SocketAddr) {
-        let old = self.addr.lock().replace(addr);
-        self.resolved.store(true, Relaxed);
-        if old.is_some_and(|o| o != addr) {
-            // Idle connections go to the old address: drop them.
+    fn set_addrs(&self, addrs: Vec<SocketAddr>) {
+        let changed = {
+            let mut cur = self.addrs.lock();
+            let changed = **cur != *addrs;
+            if changed {
+                *cur = addrs.clone().into();
+            }
+            changed
+        };
+        let was_resolved = self.resolved.swap(true, Relaxed);
+        if changed && was_resolved {
+            // Idle connections go to the old addresses: drop them.
             self.pool.clear();
-            info!(server = %self.name, %addr, "server address changed");
+            info!(server = %self.name, addrs = ?addrs, "server address changed");
         }
     }
 
-    /// Opens a TCP connection within the connect timeout.
+    /// Opens a TCP connection within the connect timeout, trying each resolved address in
+    /// turn (a name may resolve to `::1` and `127.0.0.1` with only one of them listening).
     pub async fn connect(&self) -> std::io::Result<TcpStream> {
-        let addr = self.addr().ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::NotFound, "server address not resolved")
-        })?;
-        let res = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+        let addrs = self.addrs();
+        let attempt = async {
+            let mut last = None;
+            for addr in addrs.iter() {
+                match TcpStream::connect(addr).await {
+                    Ok(s) => return Ok(s),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, "server address not resolved")
+            }))
+        };
+        let res = match tokio::time::timeout(self.connect_timeout, attempt).await {
             Ok(Ok(s)) => {
                 // Requests and responses are written whole; Nagle only adds latency.
                 let _ = s.set_nodelay(true);
@@ -176,15 +194,17 @@ impl Backend {
                     // A new server starts up; health checks take it out if it is not.
                     metrics.up.store(true, Relaxed);
                 }
-                let addr = prev
-                    .and_then(|p| p.addr())
-                    .or_else(|| sc.addr.socket_addr());
+                let addrs: Arc<[SocketAddr]> = match (sc.addr.socket_addr(), prev) {
+                    (Some(literal), _) => Arc::new([literal]),
+                    (None, Some(p)) => p.addrs(),
+                    (None, None) => Arc::new([]),
+                };
                 Arc::new(Server {
                     name: sc.name.clone(),
                     index,
                     config: sc.clone(),
-                    resolved: AtomicBool::new(addr.is_some()),
-                    addr: Mutex::new(addr),
+                    resolved: AtomicBool::new(!addrs.is_empty()),
+                    addrs: Mutex::new(addrs),
                     metrics,
                     pool: Pool::default(),
                     connect_timeout: config.limits.connect_timeout,
@@ -327,12 +347,14 @@ async fn resolve_all(backend: &Backend) {
         }
         let lookup = tokio::net::lookup_host((hp.host.as_str(), hp.port));
         match tokio::time::timeout(Duration::from_secs(5), lookup).await {
-            Ok(Ok(mut addrs)) => match addrs.next() {
-                Some(addr) => server.set_addr(addr),
-                None => {
-                    warn!(backend = %backend.config.name, server = %server.name, host = %hp.host, "name resolved to no address")
+            Ok(Ok(addrs)) => {
+                let addrs: Vec<SocketAddr> = addrs.collect();
+                if addrs.is_empty() {
+                    warn!(backend = %backend.config.name, server = %server.name, host = %hp.host, "name resolved to no address");
+                } else {
+                    server.set_addrs(addrs);
                 }
-            },
+            }
             Ok(Err(error)) => {
                 warn!(backend = %backend.config.name, server = %server.name, host = %hp.host, %error, "cannot resolve server name")
             }
@@ -364,7 +386,10 @@ mod tests {
                             port: 1000 + i as u16,
                         },
                     },
-                    addr: Mutex::new(Some(SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)))),
+                    addrs: Mutex::new(Arc::new([SocketAddr::from((
+                        [127, 0, 0, 1],
+                        1000 + i as u16,
+                    ))])),
                     resolved: AtomicBool::new(true),
                     metrics,
                     pool: Pool::default(),
