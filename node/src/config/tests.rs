@@ -207,3 +207,20 @@ fn minimal_config() {
     assert_eq!(c.frontends[0].mode, Mode::Http);
     assert_eq!(c.defaults, Limits::default());
 }
+
+#[test]
+fn the_documented_example_validates() {
+    let doc = include_str!("../../../docs/configuration.md");
+    let start = doc
+        .rfind("```toml\n")
+        .expect("docs/configuration.md ends with a TOML example")
+        + 8;
+    let end = start + doc[start..].find("```").unwrap();
+    let c = Config::from_toml(&doc[start..end]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.frontends.len(), 3);
+    assert_eq!(
+        c.frontends[2].limits.idle_timeout,
+        Duration::from_secs(3600)
+    );
+    assert_eq!(c.backends[1].check.as_ref().unwrap().path, None);
+}
