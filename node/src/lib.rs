@@ -26,7 +26,7 @@ pub mod metrics;
 pub mod node;
 mod ops;
 pub mod proxy_protocol;
-mod rules;
+pub mod rules;
 mod tcp_proxy;
 pub mod tls;
 

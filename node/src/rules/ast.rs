@@ -76,7 +76,10 @@ pub enum Action {
 impl Action {
     /// Whether the action ends the evaluation of its stage.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, Action::Allow | Action::Deny { .. } | Action::Reject | Action::Tarpit(_))
+        matches!(
+            self,
+            Action::Allow | Action::Deny { .. } | Action::Reject | Action::Tarpit(_)
+        )
     }
 }
 
@@ -113,6 +116,23 @@ pub enum Expr {
     },
     /// A bare fetch: true when it yields a non-zero number or a non-empty string.
     Present(Fetch),
+}
+
+impl Expr {
+    /// Every fetch of the expression, in text order.
+    pub fn fetches(&self) -> Vec<&Fetch> {
+        let mut out = Vec::new();
+        self.collect_fetches(&mut out);
+        out
+    }
+
+    fn collect_fetches<'a>(&'a self, out: &mut Vec<&'a Fetch>) {
+        match self {
+            Expr::And(v) | Expr::Or(v) => v.iter().for_each(|e| e.collect_fetches(out)),
+            Expr::Not(e) => e.collect_fetches(out),
+            Expr::Cmp { fetch, .. } | Expr::Present(fetch) => out.push(fetch),
+        }
+    }
 }
 
 /// A value taken from the connection, the request or a tracked entry.
@@ -225,7 +245,10 @@ impl Cidr {
             IpAddr::V6(a) if prefix <= 128 => (u128::from(a), prefix),
             _ => return None,
         };
-        Some(Cidr { bits: bits & mask(prefix), prefix })
+        Some(Cidr {
+            bits: bits & mask(prefix),
+            prefix,
+        })
     }
 
     /// Whether `addr` is inside the network.
@@ -309,7 +332,9 @@ impl fmt::Display for Action {
         match self {
             Action::TrackSc { sc, key, table } => write!(f, "track-sc{sc} {key} table {table}"),
             Action::Allow => f.write_str("allow"),
-            Action::Deny { status: DEFAULT_DENY_STATUS } => f.write_str("deny"),
+            Action::Deny {
+                status: DEFAULT_DENY_STATUS,
+            } => f.write_str("deny"),
             Action::Deny { status } => write!(f, "deny status {status}"),
             Action::Reject => f.write_str("reject"),
             Action::Tarpit(d) => write!(f, "tarpit {}", DurationText(*d)),
@@ -328,7 +353,7 @@ impl fmt::Display for DurationText {
         let d = self.0;
         if d.subsec_nanos() == 0 {
             write!(f, "{}s", d.as_secs())
-        } else if d.subsec_nanos() % 1_000_000 == 0 {
+        } else if d.subsec_nanos().is_multiple_of(1_000_000) {
             write!(f, "{}ms", d.as_millis())
         } else {
             write!(f, "{}ns", d.as_nanos())
@@ -389,7 +414,9 @@ impl fmt::Display for Expr {
         match self {
             // `and` binds tighter than `or`, so only an `or` (or, in a hand-built tree, a nested
             // `and`) needs parentheses inside an `and`.
-            Expr::And(children) => join(f, children, " and ", |e| matches!(e, Expr::And(_) | Expr::Or(_))),
+            Expr::And(children) => join(f, children, " and ", |e| {
+                matches!(e, Expr::And(_) | Expr::Or(_))
+            }),
             Expr::Or(children) => join(f, children, " or ", |e| matches!(e, Expr::Or(_))),
             Expr::Not(e) => {
                 f.write_str("not ")?;
@@ -401,7 +428,12 @@ impl fmt::Display for Expr {
     }
 }
 
-fn join(f: &mut fmt::Formatter<'_>, children: &[Expr], sep: &str, paren: impl Fn(&Expr) -> bool) -> fmt::Result {
+fn join(
+    f: &mut fmt::Formatter<'_>,
+    children: &[Expr],
+    sep: &str,
+    paren: impl Fn(&Expr) -> bool,
+) -> fmt::Result {
     for (i, e) in children.iter().enumerate() {
         if i > 0 {
             f.write_str(sep)?;
@@ -412,5 +444,9 @@ fn join(f: &mut fmt::Formatter<'_>, children: &[Expr], sep: &str, paren: impl Fn
 }
 
 fn group(f: &mut fmt::Formatter<'_>, e: &Expr, paren: bool) -> fmt::Result {
-    if paren { write!(f, "({e})") } else { write!(f, "{e}") }
+    if paren {
+        write!(f, "({e})")
+    } else {
+        write!(f, "{e}")
+    }
 }
