@@ -60,7 +60,8 @@ where
             // connection; hyper's would arm a boxed timer per request.
             .header_read_timeout(None)
             .max_buf_size(limits.max_header_size)
-            .keep_alive(true);
+            .keep_alive(true)
+            .writev(false);
         let conn = builder.serve_connection(TokioIo::new(io), svc);
         drive(pin!(conn), &ctx, &token).await;
     }

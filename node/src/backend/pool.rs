@@ -75,6 +75,7 @@ impl Pool {
 pub async fn connect_http(server: &Server, bg: &Background) -> io::Result<SendRequest<Incoming>> {
     let stream = server.connect().await?;
     let (sender, conn) = http1::Builder::new()
+        .writev(false)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(io::Error::other)?;
