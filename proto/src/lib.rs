@@ -9,7 +9,12 @@
 pub mod sync {
     /// Version 1 of the replication protocol.
     pub mod v1 {
-        #![allow(missing_docs, unreachable_pub, missing_debug_implementations)]
+        #![allow(
+            missing_docs,
+            unreachable_pub,
+            missing_debug_implementations,
+            rust_2018_idioms
+        )]
         include!(concat!(env!("OUT_DIR"), "/sluice.sync.v1.rs"));
     }
 }

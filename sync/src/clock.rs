@@ -73,6 +73,42 @@ impl Hlc {
     }
 }
 
+/// The node's clocks: the one place outside tests that reads time for the engine. Ticks count
+/// from the clock's creation on tokio's monotonic clock (so `tokio::time::pause` drives them);
+/// wall-clock milliseconds feed the hybrid logical clock.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeClock {
+    base: tokio::time::Instant,
+}
+
+impl NodeClock {
+    /// A clock whose tick 0 is now.
+    pub fn new() -> NodeClock {
+        NodeClock {
+            base: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Monotonic milliseconds since the clock was created, wrapping.
+    pub fn tick(&self) -> Tick {
+        // Truncation is the wrap-around that `Tick` arithmetic expects.
+        Tick(self.base.elapsed().as_millis() as u32)
+    }
+
+    /// Wall-clock milliseconds since the Unix epoch.
+    pub fn wall_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+impl Default for NodeClock {
+    fn default() -> Self {
+        NodeClock::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

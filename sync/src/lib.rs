@@ -12,6 +12,9 @@
 //! hot-path API: [`Table::track`], [`Table::record`], [`Table::read`]), [`Origins`] (the
 //! node incarnations contributing to the tables), [`Contribution`] (one origin's state for one
 //! entry: the unit of replication) and [`wire`] (its protobuf form).
+//!
+//! [`replication`] is the async shell around the engine: mutually authenticated gRPC sessions
+//! between peers, snapshots, reconnection and membership. It only moves bytes and timers.
 
 pub mod clock;
 pub mod contribution;
@@ -19,14 +22,17 @@ mod entry;
 pub mod error;
 pub mod key;
 mod layout;
+pub mod membership;
 pub mod origin;
 mod rate;
+pub mod replication;
 pub mod schema;
 mod shard;
 pub mod table;
+pub mod tables;
 pub mod wire;
 
-pub use clock::{Hlc, Stamp, Tick};
+pub use clock::{Hlc, NodeClock, Stamp, Tick};
 pub use contribution::{Applied, Contribution, Datum, Value};
 pub use entry::Event;
 pub use error::{ContributionError, KeyError, SchemaError};
@@ -37,3 +43,4 @@ pub use shard::MAX_CONSUMERS;
 pub use table::{
     Consumer, Cursor, EntryView, FeedError, OriginView, SetError, Table, TableStats, Tracked,
 };
+pub use tables::{ReconcileError, Tables};

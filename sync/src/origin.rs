@@ -96,6 +96,16 @@ impl Origins {
         self.index.read().get(name).copied()
     }
 
+    /// Every incarnation of a node known here.
+    pub fn ids_of_node(&self, node: &str) -> Vec<OriginId> {
+        self.index
+            .read()
+            .iter()
+            .filter(|(n, _)| n.node == node)
+            .map(|(_, &id)| id)
+            .collect()
+    }
+
     /// The name of an origin.
     pub fn name(&self, id: OriginId) -> Option<OriginName> {
         self.names.read().get(usize::from(id)).cloned()

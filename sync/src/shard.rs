@@ -168,18 +168,21 @@ impl Shard {
         Some(Evicted { idle_ms })
     }
 
-    /// Marks a local change of `slot` for every consumer in `mask`.
-    pub(crate) fn mark_dirty(&mut self, slot: u32, mask: u64) {
+    /// Marks a local change of `slot` for every consumer in `mask`; returns the consumers for
+    /// which the slot was not pending yet.
+    pub(crate) fn mark_dirty(&mut self, slot: u32, mask: u64) -> u64 {
         let Some(bits) = self.dirty.get_mut(slot as usize) else {
-            return;
+            return 0;
         };
-        let mut new = mask & !*bits;
+        let fresh = mask & !*bits;
         *bits |= mask;
-        while new != 0 {
-            let c = new.trailing_zeros() as usize;
+        let mut todo = fresh;
+        while todo != 0 {
+            let c = todo.trailing_zeros() as usize;
             self.logs[c].push(slot);
-            new &= new - 1;
+            todo &= todo - 1;
         }
+        fresh
     }
 
     /// Pops the next slot dirty for consumer `c`, clearing its bit.

@@ -7,8 +7,8 @@
 //! [`Table::apply`], the change feed ([`Table::subscribe`], [`Table::take_changes`]) and
 //! [`Table::snapshot_chunk`]; the node's sweeper calls [`Table::sweep`].
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use hashbrown::DefaultHashBuilder;
 use parking_lot::Mutex;
@@ -65,6 +65,9 @@ pub enum FeedError {
     /// All consumer slots are taken.
     #[error("too many change-feed consumers (at most {MAX_CONSUMERS} peers)")]
     Full,
+    /// The consumer id asked for is in use or out of range.
+    #[error("change-feed consumer {0} is taken or out of range")]
+    Taken(usize),
     /// The table is not replicated (`sync = false`).
     #[error("table `{0}` is not replicated")]
     NotReplicated(String),
@@ -167,6 +170,24 @@ pub struct Table {
     expired: AtomicU64,
     /// `1 << 32 | tick` of the last undersized warning, 0 if none.
     warned: AtomicU64,
+    /// Called, outside the shard lock, with the consumers that have a newly logged change, so
+    /// an idle replication session wakes up without polling.
+    listener: ListenerSlot,
+}
+
+/// A change listener: receives the mask of consumers with newly pending changes.
+pub type Listener = Arc<dyn Fn(u64) + Send + Sync>;
+
+struct ListenerSlot(OnceLock<Listener>);
+
+impl std::fmt::Debug for ListenerSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Listener(set)"
+        } else {
+            "Listener(unset)"
+        })
+    }
 }
 
 impl Table {
@@ -198,6 +219,7 @@ impl Table {
             evictions_unexpired: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             warned: AtomicU64::new(0),
+            listener: ListenerSlot(OnceLock::new()),
         }
     }
 
@@ -274,9 +296,24 @@ impl Table {
         let entry = shard.entry_mut(slot).expect("slot is occupied");
         let r = f(entry, &cx);
         if self.schema.sync {
-            shard.mark_dirty(slot, self.active.load(Ordering::Acquire));
+            let fresh = shard.mark_dirty(slot, self.active.load(Ordering::Acquire));
+            drop(shard);
+            self.notify(fresh);
         }
         r
+    }
+
+    fn notify(&self, fresh: u64) {
+        if fresh != 0
+            && let Some(l) = self.listener.0.get()
+        {
+            l(fresh);
+        }
+    }
+
+    /// Installs the change listener (once; later calls are ignored).
+    pub fn set_listener(&self, l: Listener) {
+        let _ = self.listener.0.set(l);
     }
 
     /// Inserts an absent key into its (locked) shard, first evicting an entry if the table is
@@ -462,15 +499,18 @@ impl Table {
         for p in self.shards.iter() {
             let mut shard = p.0.lock();
             let mask = self.active.load(Ordering::Acquire);
+            let mut fresh = 0;
             for slot in 0..shard.slot_count() as u32 {
                 if let Some(e) = shard.entry_mut(slot) {
                     e.clear(&cx, stamp);
                     n += 1;
                     if self.schema.sync {
-                        shard.mark_dirty(slot, mask);
+                        fresh |= shard.mark_dirty(slot, mask);
                     }
                 }
             }
+            drop(shard);
+            self.notify(fresh);
         }
         n
     }
@@ -505,7 +545,9 @@ impl Table {
             shard.remove(&self.hasher, slot);
             self.entries.fetch_sub(1, Ordering::Relaxed);
         } else if rebased && self.schema.sync {
-            shard.mark_dirty(slot, self.active.load(Ordering::Acquire));
+            let fresh = shard.mark_dirty(slot, self.active.load(Ordering::Acquire));
+            drop(shard);
+            self.notify(fresh);
         }
         applied
     }
@@ -667,10 +709,22 @@ impl Table {
         if !self.schema.sync {
             return Err(FeedError::NotReplicated(self.schema.name.clone()));
         }
-        let mut allocated = self.allocated.lock();
-        let id = (!*allocated).trailing_zeros() as usize;
+        let id = (!*self.allocated.lock()).trailing_zeros() as usize;
         if id >= MAX_CONSUMERS {
             return Err(FeedError::Full);
+        }
+        self.subscribe_as(id)
+    }
+
+    /// Registers a consumer with a chosen id, so one replication session can use the same id
+    /// in every table and one listener can wake it whichever table changed.
+    pub fn subscribe_as(&self, id: usize) -> Result<Consumer, FeedError> {
+        if !self.schema.sync {
+            return Err(FeedError::NotReplicated(self.schema.name.clone()));
+        }
+        let mut allocated = self.allocated.lock();
+        if id >= MAX_CONSUMERS || *allocated & (1 << id) != 0 {
+            return Err(FeedError::Taken(id));
         }
         *allocated |= 1 << id;
         self.active.fetch_or(1 << id, Ordering::AcqRel);

@@ -3,6 +3,9 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod fleet;
+pub mod fleet_raw;
+
 use std::sync::Arc;
 use std::time::Duration;
 

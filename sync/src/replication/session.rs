@@ -1,0 +1,510 @@
+//! One established session with a peer, the same in both directions once hellos have been
+//! exchanged: a sender that drains the change feed and a snapshot into the stream, and a
+//! receiver that checks and applies what the peer sends.
+//!
+//! Flow control: every message of contributions carries a sequence number that the peer
+//! acknowledges once applied. While fewer than [`WINDOW`] are unacknowledged, changes are sent
+//! the moment they happen (low latency when quiet); beyond that they gather in the change feed
+//! (a dirty set, bounded by the table) into the next batch (large batches under load), and a
+//! change waiting longer than `flush_interval` is sent anyway, up to [`HARD_WINDOW`].
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use prost::Message;
+use sluice_proto::sync::v1 as pb;
+use sluice_proto::sync::v1::peer_message::Body;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::stats::PeerStats;
+use super::{MAX_BATCH, MAX_MESSAGE_CONTRIBUTIONS, Shared};
+use crate::contribution::Contribution;
+use crate::origin::{OriginId, OriginName};
+use crate::table::{Consumer, Cursor, Table};
+use crate::wire;
+
+/// Unacknowledged messages of contributions before changes start to gather.
+const WINDOW: u64 = 2;
+/// Unacknowledged messages at most, even when changes have waited `flush_interval`.
+const HARD_WINDOW: u64 = 16;
+
+/// What a session needs to run.
+pub(crate) struct Session {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) peer: OriginName,
+    pub(crate) stats: Arc<PeerStats>,
+    pub(crate) inbound: tonic::Streaming<pb::PeerMessage>,
+    pub(crate) outbound: mpsc::Sender<pb::PeerMessage>,
+    pub(crate) id: u64,
+    pub(crate) slot: usize,
+    pub(crate) cancel: CancellationToken,
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+pub(crate) enum End {
+    /// Cancelled here (shutdown, peer removed, replaced by a newer session).
+    Cancelled,
+    /// The peer closed the stream, possibly saying why.
+    Closed(Option<String>),
+    /// Something went wrong; the reason is logged.
+    Failed(String),
+}
+
+impl Session {
+    /// Runs the session until it ends, then releases everything it held.
+    pub(crate) async fn run(self) -> End {
+        let Session {
+            shared,
+            peer,
+            stats,
+            inbound,
+            outbound,
+            id,
+            slot,
+            cancel,
+        } = self;
+        let notify = Arc::new(Notify::new());
+        *shared.wakers[slot].lock() = Some(notify.clone());
+        let mut feeds = Vec::new();
+        for t in shared.tables.replicated() {
+            match t.subscribe_as(slot) {
+                Ok(c) => feeds.push((t, c)),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot follow the change feed");
+                    release(&shared, &peer.node, id, slot, feeds);
+                    return End::Failed(e.to_string());
+                }
+            }
+        }
+        stats.up.store(true, Relaxed);
+        stats.sessions.fetch_add(1, Relaxed);
+        let (acked_tx, acked_rx) = watch::channel(0u64);
+        let (to_ack_tx, to_ack_rx) = watch::channel(0u64);
+        let snapshot = feeds.iter().map(|(t, _)| t.clone()).collect();
+        let mut sender = Sender {
+            shared: shared.clone(),
+            stats: stats.clone(),
+            out: outbound,
+            feeds,
+            seq: 0,
+            acked: acked_rx,
+            to_ack: to_ack_rx,
+            membership: shared.membership_version.subscribe(),
+            notify,
+            snapshot: Some(Snapshot {
+                tables: snapshot,
+                table: 0,
+                cursor: Cursor::new(),
+                started: Instant::now(),
+                sent: 0,
+            }),
+            pending_since: None,
+            last_sent: Instant::now(),
+        };
+        let receiver = receive(&shared, &peer, &stats, inbound, to_ack_tx, acked_tx);
+        let end = tokio::select! {
+            end = receiver => end,
+            end = sender.run(&cancel) => end,
+        };
+        stats.up.store(false, Relaxed);
+        stats.pending_since.store(0, Relaxed);
+        let feeds = std::mem::take(&mut sender.feeds);
+        release(&shared, &peer.node, id, slot, feeds);
+        end
+    }
+}
+
+fn release(shared: &Shared, peer: &str, id: u64, slot: usize, feeds: Vec<(Arc<Table>, Consumer)>) {
+    for (t, c) in feeds {
+        t.unsubscribe(c);
+    }
+    shared.close_session(peer, id, slot);
+}
+
+struct Snapshot {
+    tables: Vec<Arc<Table>>,
+    table: usize,
+    cursor: Cursor,
+    started: Instant,
+    sent: u64,
+}
+
+struct Sender {
+    shared: Arc<Shared>,
+    stats: Arc<PeerStats>,
+    out: mpsc::Sender<pb::PeerMessage>,
+    feeds: Vec<(Arc<Table>, Consumer)>,
+    /// Sequence number of the last message of contributions sent.
+    seq: u64,
+    acked: watch::Receiver<u64>,
+    to_ack: watch::Receiver<u64>,
+    membership: watch::Receiver<u64>,
+    notify: Arc<Notify>,
+    snapshot: Option<Snapshot>,
+    /// Since when a change waits because the window is full.
+    pending_since: Option<Instant>,
+    last_sent: Instant,
+}
+
+impl Sender {
+    async fn run(&mut self, cancel: &CancellationToken) -> End {
+        let heartbeat = (self.shared.cfg.dead_after / 4).max(Duration::from_millis(50));
+        let flush = self.shared.cfg.flush_interval;
+        // The peer learns our membership from the hello; later changes follow.
+        self.membership.mark_unchanged();
+        loop {
+            if cancel.is_cancelled() {
+                return self.finish().await;
+            }
+            if self.to_ack.has_changed().unwrap_or(false) {
+                let seq = *self.to_ack.borrow_and_update();
+                if let Err(e) = self.send(Body::Ack(pb::Ack { seq }), cancel).await {
+                    return e;
+                }
+                continue;
+            }
+            if self.membership.has_changed().unwrap_or(false) {
+                self.membership.mark_unchanged();
+                let m = self.shared.membership_msg();
+                if let Err(e) = self.send(Body::Membership(m), cancel).await {
+                    return e;
+                }
+                continue;
+            }
+            let in_flight = self.seq - *self.acked.borrow();
+            let overdue = self.pending_since.is_some_and(|t| t.elapsed() >= flush);
+            let window = if overdue { HARD_WINDOW } else { WINDOW };
+            if in_flight < window {
+                let now = self.shared.clock.tick();
+                let (batch, n) = self.take_live(now);
+                if n > 0 {
+                    if n < MAX_BATCH {
+                        self.set_pending(None);
+                    }
+                    if let Err(e) = self.send_contributions(batch, n, true, cancel).await {
+                        return e;
+                    }
+                    continue;
+                }
+                self.set_pending(None);
+            }
+            if in_flight < WINDOW && self.snapshot.is_some() {
+                if let Err(e) = self.send_snapshot_chunk(cancel).await {
+                    return e;
+                }
+                continue;
+            }
+            let heartbeat_due = self.last_sent + heartbeat;
+            let flush_due = self.pending_since.map(|t| t + flush);
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = self.notify.notified() => {
+                    if self.seq - *self.acked.borrow() >= WINDOW && self.pending_since.is_none() {
+                        self.set_pending(Some(Instant::now()));
+                    }
+                }
+                r = self.acked.changed() => if r.is_err() { return End::Closed(None) },
+                r = self.to_ack.changed() => {
+                    if r.is_err() {
+                        return End::Closed(None);
+                    }
+                    // `changed` marked it seen; re-flag it so the top of the loop sends the ack.
+                    self.to_ack.mark_changed();
+                }
+                _ = self.membership.changed() => {
+                    // Re-flag it: the top of the loop sends it.
+                    self.membership.mark_changed();
+                }
+                _ = tokio::time::sleep_until(heartbeat_due) => {
+                    if let Err(e) = self.send(Body::Heartbeat(pb::Heartbeat {}), cancel).await {
+                        return e;
+                    }
+                }
+                _ = sleep_until_opt(flush_due) => {}
+            }
+        }
+    }
+
+    fn set_pending(&mut self, since: Option<Instant>) {
+        self.pending_since = since;
+        let v = match since {
+            Some(_) => u64::from(self.shared.clock.tick().0) + 1,
+            None => 0,
+        };
+        self.stats.pending_since.store(v, Relaxed);
+    }
+
+    /// Takes up to [`MAX_BATCH`] of the node's own changes from every table.
+    fn take_live(&mut self, now: crate::clock::Tick) -> (Vec<pb::TableContributions>, usize) {
+        let me = &self.shared.me;
+        let mut out = Vec::new();
+        let mut n = 0;
+        let mut buf = Vec::new();
+        for (t, c) in &mut self.feeds {
+            if n >= MAX_BATCH {
+                break;
+            }
+            buf.clear();
+            n += t.take_changes(c, MAX_BATCH - n, now, &mut buf);
+            if !buf.is_empty() {
+                out.push(pb::TableContributions {
+                    table: t.name().to_string(),
+                    origin: Some(pb::Origin {
+                        node: me.node.clone(),
+                        incarnation: me.incarnation,
+                    }),
+                    contributions: buf.iter().map(wire::encode).collect(),
+                });
+            }
+        }
+        (out, n)
+    }
+
+    async fn send_snapshot_chunk(&mut self, cancel: &CancellationToken) -> Result<(), End> {
+        let now = self.shared.clock.tick();
+        let Some(snap) = self.snapshot.as_mut() else {
+            return Ok(());
+        };
+        let mut tables = Vec::new();
+        let mut n = 0;
+        let mut part: Vec<(OriginId, Contribution)> = Vec::new();
+        while n < MAX_BATCH && snap.table < snap.tables.len() {
+            let t = &snap.tables[snap.table];
+            part.clear();
+            n += t.snapshot_chunk(&mut snap.cursor, MAX_BATCH - n, now, &mut part);
+            part.sort_by_key(|(o, _)| *o);
+            for group in part.chunk_by(|a, b| a.0 == b.0) {
+                let Some(origin) = self.shared.tables.origins().name(group[0].0) else {
+                    continue;
+                };
+                tables.push(pb::TableContributions {
+                    table: t.name().to_string(),
+                    origin: Some(pb::Origin {
+                        node: origin.node,
+                        incarnation: origin.incarnation,
+                    }),
+                    contributions: group.iter().map(|(_, c)| wire::encode(c)).collect(),
+                });
+            }
+            if snap.cursor.is_done() {
+                snap.table += 1;
+                snap.cursor = Cursor::new();
+            }
+        }
+        let done = snap.table >= snap.tables.len();
+        snap.sent += n as u64;
+        if n > 0 {
+            self.send_contributions(tables, n, false, cancel).await?;
+        }
+        if done {
+            let (started, sent) = self
+                .snapshot
+                .take()
+                .map(|s| (s.started, s.sent))
+                .unwrap_or((Instant::now(), 0));
+            self.send(
+                Body::SnapshotDone(pb::SnapshotDone {
+                    seq: self.seq,
+                    contributions: sent,
+                }),
+                cancel,
+            )
+            .await?;
+            self.stats
+                .snapshot_sent_ms
+                .store(started.elapsed().as_millis() as u64, Relaxed);
+        }
+        Ok(())
+    }
+
+    async fn send_contributions(
+        &mut self,
+        tables: Vec<pb::TableContributions>,
+        n: usize,
+        live: bool,
+        cancel: &CancellationToken,
+    ) -> Result<(), End> {
+        self.seq += 1;
+        let c = pb::Contributions {
+            seq: self.seq,
+            tables,
+        };
+        let bytes = c.encoded_len() as u64;
+        self.send(
+            if live {
+                Body::Batch(c)
+            } else {
+                Body::Snapshot(c)
+            },
+            cancel,
+        )
+        .await?;
+        self.stats.updates_sent.fetch_add(n as u64, Relaxed);
+        self.stats.bytes_sent.fetch_add(bytes, Relaxed);
+        self.stats.batches_sent.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    async fn send(&mut self, body: Body, cancel: &CancellationToken) -> Result<(), End> {
+        let msg = pb::PeerMessage { body: Some(body) };
+        tokio::select! {
+            r = self.out.send(msg) => r.map_err(|_| End::Closed(None))?,
+            _ = cancel.cancelled() => return Err(End::Cancelled),
+        }
+        self.last_sent = Instant::now();
+        Ok(())
+    }
+
+    /// On shutdown: send what is pending (bounded by the caller's grace period), say goodbye.
+    async fn finish(&mut self) -> End {
+        let flush = CancellationToken::new();
+        loop {
+            let (batch, n) = self.take_live(self.shared.clock.tick());
+            if n == 0 {
+                break;
+            }
+            if self
+                .send_contributions(batch, n, true, &flush)
+                .await
+                .is_err()
+            {
+                return End::Cancelled;
+            }
+        }
+        let bye = Body::Goodbye(pb::Goodbye {
+            reason: "node shutting down".into(),
+        });
+        let _ = self.send(bye, &flush).await;
+        End::Cancelled
+    }
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads the peer's messages until the stream ends or breaks a rule.
+async fn receive(
+    shared: &Arc<Shared>,
+    peer: &OriginName,
+    stats: &PeerStats,
+    mut inbound: tonic::Streaming<pb::PeerMessage>,
+    to_ack: watch::Sender<u64>,
+    acked: watch::Sender<u64>,
+) -> End {
+    let origins = shared.tables.origins();
+    let Ok(peer_id) = origins.intern(peer) else {
+        return End::Failed("too many origins".into());
+    };
+    let started = Instant::now();
+    loop {
+        let msg = match tokio::time::timeout(shared.cfg.dead_after, inbound.message()).await {
+            Err(_) => return End::Failed(format!("peer silent for {:?}", shared.cfg.dead_after)),
+            Ok(Err(status)) => return End::Failed(format!("stream broke: {}", status.message())),
+            Ok(Ok(None)) => return End::Closed(None),
+            Ok(Ok(Some(m))) => m,
+        };
+        origins.heard(peer_id, shared.clock.tick());
+        match msg.body {
+            Some(Body::Batch(c)) => {
+                if let Err(why) = apply(shared, stats, &c, Some(peer)) {
+                    return End::Failed(why);
+                }
+                to_ack.send_replace(c.seq);
+            }
+            Some(Body::Snapshot(c)) => {
+                if let Err(why) = apply(shared, stats, &c, None) {
+                    return End::Failed(why);
+                }
+                to_ack.send_replace(c.seq);
+            }
+            Some(Body::SnapshotDone(d)) => {
+                let ms = started.elapsed().as_millis() as u64;
+                stats.snapshot_received_ms.store(ms, Relaxed);
+                tracing::info!(peer = %peer.node, contributions = d.contributions, ms, "snapshot from peer applied");
+                if !shared.ready.send_replace(true) {
+                    tracing::info!(peer = %peer.node, "ready: first snapshot from a peer applied");
+                }
+            }
+            Some(Body::Ack(a)) => {
+                acked.send_replace(a.seq);
+            }
+            Some(Body::Heartbeat(_)) => {}
+            Some(Body::Membership(m)) => shared.merge_membership(&m),
+            Some(Body::Goodbye(g)) => return End::Closed(Some(g.reason)),
+            Some(Body::Hello(_)) => return End::Failed("a second hello in one session".into()),
+            None => return End::Failed("a message with no body".into()),
+        }
+    }
+}
+
+/// Checks a whole message against the tables, then applies it: a bad contribution anywhere
+/// applies nothing. `live` messages must carry only the sender's own contributions.
+fn apply(
+    shared: &Shared,
+    stats: &PeerStats,
+    c: &pb::Contributions,
+    live: Option<&OriginName>,
+) -> Result<(), String> {
+    let total: usize = c.tables.iter().map(|t| t.contributions.len()).sum();
+    if total > MAX_MESSAGE_CONTRIBUTIONS {
+        return Err(format!(
+            "{total} contributions in one message (at most {MAX_MESSAGE_CONTRIBUTIONS})"
+        ));
+    }
+    let origins = shared.tables.origins();
+    let mut checked = Vec::with_capacity(c.tables.len());
+    for tc in &c.tables {
+        let table = shared
+            .tables
+            .get(&tc.table)
+            .filter(|t| t.schema().sync)
+            .ok_or_else(|| format!("unknown or unreplicated table `{}`", tc.table))?;
+        let origin = tc
+            .origin
+            .as_ref()
+            .ok_or("contributions without an origin")?;
+        let origin = OriginName {
+            node: origin.node.clone(),
+            incarnation: origin.incarnation,
+        };
+        if crate::membership::check_name(&origin.node).is_err() {
+            return Err(format!("bad origin name `{}`", origin.node));
+        }
+        if let Some(sender) = live
+            && origin != *sender
+        {
+            return Err(format!(
+                "live contributions of origin {origin} from peer {sender}"
+            ));
+        }
+        let mut decoded = Vec::with_capacity(tc.contributions.len());
+        for pc in &tc.contributions {
+            decoded.push(
+                wire::decode(pc, table.schema())
+                    .map_err(|e| format!("table `{}`: {e}", tc.table))?,
+            );
+        }
+        let id = origins.intern(&origin).map_err(|e| e.to_string())?;
+        checked.push((table, id, decoded));
+    }
+    let now = shared.clock.tick();
+    for (table, id, decoded) in &checked {
+        for d in decoded {
+            table.apply(*id, d, now);
+        }
+    }
+    stats.updates_received.fetch_add(total as u64, Relaxed);
+    stats
+        .bytes_received
+        .fetch_add(c.encoded_len() as u64, Relaxed);
+    stats.batches_received.fetch_add(1, Relaxed);
+    Ok(())
+}

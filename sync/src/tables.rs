@@ -1,0 +1,278 @@
+//! The tables of a node: looked up by name by the replication layer and the admin API, and
+//! reconciled with a new config on reload (kept, added, dropped; a changed schema is refused
+//! rather than silently wiping a table's contents).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::clock::Hlc;
+use crate::origin::{OriginName, Origins};
+use crate::schema::TableSchema;
+use crate::table::{Listener, Table};
+
+/// A reload that would change a table's schema.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReconcileError {
+    /// The schema of a table that holds data changed.
+    #[error(
+        "table `{name}` changed its definition ({old} -> {new}); its contents would be lost: \
+         give the new definition another name, or restart the node to start it empty"
+    )]
+    SchemaChanged {
+        /// The table.
+        name: String,
+        /// Its current definition.
+        old: String,
+        /// The definition asked for.
+        new: String,
+    },
+}
+
+/// The node's tables, its origins and its hybrid logical clock.
+pub struct Tables {
+    origins: Arc<Origins>,
+    hlc: Arc<Hlc>,
+    map: RwLock<Arc<BTreeMap<String, Arc<Table>>>>,
+    listener: RwLock<Option<Listener>>,
+}
+
+impl std::fmt::Debug for Tables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tables")
+            .field("tables", &self.map.read().keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Tables {
+    /// No tables yet. `local` is this node's incarnation; remote origins stop counting in gauges
+    /// `dead_after_ms` after they were last heard.
+    pub fn new(local: OriginName, dead_after_ms: u32) -> Tables {
+        Tables {
+            origins: Arc::new(Origins::new(local, dead_after_ms)),
+            hlc: Arc::new(Hlc::new()),
+            map: RwLock::new(Arc::new(BTreeMap::new())),
+            listener: RwLock::new(None),
+        }
+    }
+
+    /// The node's origins.
+    pub fn origins(&self) -> &Arc<Origins> {
+        &self.origins
+    }
+
+    /// The node's hybrid logical clock.
+    pub fn hlc(&self) -> &Arc<Hlc> {
+        &self.hlc
+    }
+
+    /// A table by name.
+    pub fn get(&self, name: &str) -> Option<Arc<Table>> {
+        self.map.read().get(name).cloned()
+    }
+
+    /// Every table, by name.
+    pub fn all(&self) -> Arc<BTreeMap<String, Arc<Table>>> {
+        self.map.read().clone()
+    }
+
+    /// The replicated tables (`sync = true`), by name.
+    pub fn replicated(&self) -> Vec<Arc<Table>> {
+        self.map
+            .read()
+            .values()
+            .filter(|t| t.schema().sync)
+            .cloned()
+            .collect()
+    }
+
+    /// Makes the set of tables match `schemas`: a table whose definition is unchanged keeps its
+    /// contents, a new one starts empty, one no longer listed is dropped. If any listed table
+    /// exists with another definition, nothing changes and the error says which.
+    pub fn reconcile(&self, schemas: Vec<TableSchema>) -> Result<(), ReconcileError> {
+        let mut map = self.map.write();
+        for s in &schemas {
+            if let Some(t) = map.get(&s.name)
+                && t.schema() != s
+            {
+                return Err(ReconcileError::SchemaChanged {
+                    name: s.name.clone(),
+                    old: describe(t.schema()),
+                    new: describe(s),
+                });
+            }
+        }
+        let listener = self.listener.read().clone();
+        let mut next = BTreeMap::new();
+        for s in schemas {
+            let t = match map.get(&s.name) {
+                Some(t) => t.clone(),
+                None => {
+                    let t = Arc::new(Table::new(s, self.origins.clone(), self.hlc.clone()));
+                    if let Some(l) = &listener {
+                        t.set_listener(l.clone());
+                    }
+                    t
+                }
+            };
+            next.insert(t.name().to_string(), t);
+        }
+        *map = Arc::new(next);
+        Ok(())
+    }
+
+    /// Installs the change listener on every table, present and future.
+    pub fn set_listener(&self, l: Listener) {
+        *self.listener.write() = Some(l.clone());
+        for t in self.map.read().values() {
+            t.set_listener(l.clone());
+        }
+    }
+
+    /// The replicated tables' definitions, one line each, sorted: what two peers must agree on.
+    pub fn schemas(&self) -> Vec<String> {
+        self.map
+            .read()
+            .values()
+            .filter(|t| t.schema().sync)
+            .map(|t| t.schema().fingerprint())
+            .collect()
+    }
+
+    /// A short digest of [`Tables::schemas`] (FNV-1a, hex): equal digests, equal schemas.
+    pub fn digest(&self) -> String {
+        digest(&self.schemas())
+    }
+}
+
+/// The digest of a list of schema fingerprints.
+pub fn digest(schemas: &[String]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for s in schemas {
+        for b in s.bytes().chain(std::iter::once(b'\n')) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+fn describe(s: &TableSchema) -> String {
+    format!(
+        "key {}, size {}, expire {}ms, store [{}], sync {}",
+        s.key,
+        s.size,
+        s.expire_ms,
+        s.store
+            .iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        s.sync
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Tick;
+    use crate::entry::Event;
+    use crate::key::Key;
+    use crate::schema::{DataType, KeyType};
+    use std::time::Duration;
+
+    fn schema(name: &str, store: &[&str], sync: bool) -> TableSchema {
+        let store = TableSchema::parse_store(store).unwrap();
+        TableSchema::new(name, KeyType::Ip, 100, Duration::from_secs(60), store, sync).unwrap()
+    }
+
+    #[test]
+    fn reload_keeps_unchanged_tables_adds_new_drops_removed_and_refuses_changes() {
+        let tables = Tables::new(
+            OriginName {
+                node: "a".into(),
+                incarnation: 1,
+            },
+            5000,
+        );
+        tables
+            .reconcile(vec![
+                schema("t1", &["gpc0"], true),
+                schema("t2", &["gpc0"], false),
+            ])
+            .unwrap();
+        let k = Key::from_int(1);
+        let t1 = tables.get("t1").unwrap();
+        let mut h = t1.track(k.clone(), Tick(0));
+        t1.record(&mut h, Event::IncGpc0(3), Tick(0));
+
+        tables
+            .reconcile(vec![
+                schema("t1", &["gpc0"], true),
+                schema("t3", &["gpc1"], true),
+            ])
+            .unwrap();
+        assert_eq!(
+            tables
+                .get("t1")
+                .unwrap()
+                .read_key(&k, DataType::Gpc0, Tick(1)),
+            Some(3),
+            "kept"
+        );
+        assert!(tables.get("t2").is_none(), "dropped");
+        assert!(tables.get("t3").is_some_and(|t| t.is_empty()), "added");
+
+        let err = tables
+            .reconcile(vec![schema("t1", &["gpc1"], true)])
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("table `t1` changed its definition"),
+            "{err}"
+        );
+        assert!(
+            tables.get("t3").is_some(),
+            "a refused reload changes nothing"
+        );
+    }
+
+    #[test]
+    fn digest_covers_replicated_schemas_only() {
+        let a = Tables::new(
+            OriginName {
+                node: "a".into(),
+                incarnation: 1,
+            },
+            5000,
+        );
+        let b = Tables::new(
+            OriginName {
+                node: "b".into(),
+                incarnation: 1,
+            },
+            5000,
+        );
+        a.reconcile(vec![
+            schema("t", &["gpc0"], true),
+            schema("local", &["gpc0"], false),
+        ])
+        .unwrap();
+        b.reconcile(vec![schema("t", &["gpc0"], true)]).unwrap();
+        assert_eq!(a.digest(), b.digest());
+        b.reconcile(vec![schema("t", &["gpc0", "gpc1"], true)])
+            .unwrap_err();
+        let c = Tables::new(
+            OriginName {
+                node: "c".into(),
+                incarnation: 1,
+            },
+            5000,
+        );
+        c.reconcile(vec![schema("t", &["gpc1"], true)]).unwrap();
+        assert_ne!(a.digest(), c.digest());
+    }
+}
