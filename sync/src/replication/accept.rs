@@ -69,6 +69,8 @@ pub(super) fn spawn(shared: Arc<Shared>, listener: TcpListener) {
     let s = shared.clone();
     shared.tracker.spawn(async move {
         let result = tonic::transport::Server::builder()
+            .initial_stream_window_size(super::H2_STREAM_WINDOW)
+            .initial_connection_window_size(super::H2_CONNECTION_WINDOW)
             .add_service(svc)
             .serve_with_incoming_shutdown(ReceiverStream::new(rx), s.cancel.cancelled())
             .await;

@@ -102,6 +102,8 @@ async fn connect_and_run(shared: &Arc<Shared>, name: &str, addr: &str) -> Result
     });
     let channel = Endpoint::from_static("http://sluice-peer")
         .connect_timeout(HELLO_TIMEOUT)
+        .initial_stream_window_size(super::H2_STREAM_WINDOW)
+        .initial_connection_window_size(super::H2_CONNECTION_WINDOW)
         .connect_with_connector(connector)
         .await
         .map_err(|e| format!("cannot connect: {}", error_chain(&e)))?;

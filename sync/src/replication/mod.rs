@@ -91,6 +91,13 @@ pub enum ReplicationError {
 
 /// Most contributions in one message.
 const MAX_BATCH: usize = 1024;
+/// Most contributions in one snapshot message: larger than live batches, since a snapshot is
+/// throughput, not latency.
+const MAX_CHUNK: usize = 4096;
+/// HTTP/2 flow-control windows. The 64 KiB default would let about two batches be in flight
+/// and turn every snapshot into a string of window updates.
+const H2_STREAM_WINDOW: u32 = 8 << 20;
+const H2_CONNECTION_WINDOW: u32 = 16 << 20;
 /// Most contributions a peer may put in one message before it is refused.
 const MAX_MESSAGE_CONTRIBUTIONS: usize = 16 * MAX_BATCH;
 /// Messages queued towards one peer's stream.

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::stats::PeerStats;
-use super::{MAX_BATCH, MAX_MESSAGE_CONTRIBUTIONS, Shared};
+use super::{MAX_BATCH, MAX_CHUNK, MAX_MESSAGE_CONTRIBUTIONS, Shared};
 use crate::contribution::Contribution;
 use crate::origin::{OriginId, OriginName};
 use crate::table::{Consumer, Cursor, Table};
@@ -30,6 +30,8 @@ use crate::wire;
 const WINDOW: u64 = 2;
 /// Unacknowledged messages at most, even when changes have waited `flush_interval`.
 const HARD_WINDOW: u64 = 16;
+/// Unacknowledged messages while sending a snapshot.
+const SNAPSHOT_WINDOW: u64 = 4;
 
 /// What a session needs to run.
 pub(crate) struct Session {
@@ -154,6 +156,11 @@ impl Sender {
     async fn run(&mut self, cancel: &CancellationToken) -> End {
         let heartbeat = (self.shared.cfg.dead_after / 4).max(Duration::from_millis(50));
         let flush = self.shared.cfg.flush_interval;
+        // Timers are reset, not re-created, on every turn: registering a new one each time was
+        // a measurable part of a busy session's cost.
+        let heartbeat_timer = tokio::time::sleep(heartbeat);
+        let flush_timer = tokio::time::sleep(flush);
+        tokio::pin!(heartbeat_timer, flush_timer);
         // The peer learns our membership from the hello; later changes follow.
         self.membership.mark_unchanged();
         loop {
@@ -192,14 +199,22 @@ impl Sender {
                 }
                 self.set_pending(None);
             }
-            if in_flight < WINDOW && self.snapshot.is_some() {
+            if in_flight < SNAPSHOT_WINDOW && self.snapshot.is_some() {
                 if let Err(e) = self.send_snapshot_chunk(cancel).await {
                     return e;
                 }
                 continue;
             }
             let heartbeat_due = self.last_sent + heartbeat;
+            if heartbeat_timer.deadline() != heartbeat_due {
+                heartbeat_timer.as_mut().reset(heartbeat_due);
+            }
             let flush_due = self.pending_since.map(|t| t + flush);
+            if let Some(due) = flush_due
+                && flush_timer.deadline() != due
+            {
+                flush_timer.as_mut().reset(due);
+            }
             tokio::select! {
                 _ = cancel.cancelled() => {}
                 _ = self.notify.notified() => {
@@ -219,12 +234,12 @@ impl Sender {
                     // Re-flag it: the top of the loop sends it.
                     self.membership.mark_changed();
                 }
-                _ = tokio::time::sleep_until(heartbeat_due) => {
+                _ = &mut heartbeat_timer => {
                     if let Err(e) = self.send(Body::Heartbeat(pb::Heartbeat {}), cancel).await {
                         return e;
                     }
                 }
-                _ = sleep_until_opt(flush_due) => {}
+                _ = &mut flush_timer, if flush_due.is_some() => {}
             }
         }
     }
@@ -272,10 +287,10 @@ impl Sender {
         let mut tables = Vec::new();
         let mut n = 0;
         let mut part: Vec<(OriginId, Contribution)> = Vec::new();
-        while n < MAX_BATCH && snap.table < snap.tables.len() {
+        while n < MAX_CHUNK && snap.table < snap.tables.len() {
             let t = &snap.tables[snap.table];
             part.clear();
-            n += t.snapshot_chunk(&mut snap.cursor, MAX_BATCH - n, now, &mut part);
+            n += t.snapshot_chunk(&mut snap.cursor, MAX_CHUNK - n, now, &mut part);
             part.sort_by_key(|(o, _)| *o);
             for group in part.chunk_by(|a, b| a.0 == b.0) {
                 let Some(origin) = self.shared.tables.origins().name(group[0].0) else {
@@ -380,13 +395,6 @@ impl Sender {
         });
         let _ = self.send(bye, &flush).await;
         End::Cancelled
-    }
-}
-
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
 
