@@ -6,7 +6,7 @@
 //!   `http_req_rate`), 1 thread and 2 threads on their own keys (per-op time per thread: equal
 //!   times mean linear scaling);
 //! - `create`: tracking a key the table does not hold, with room, and in a full table (evicts);
-//! - `apply`: applying a remote origin's contribution, decoded and not.
+//! - `apply`: checking and applying a remote origin's contribution, from memory and from bytes.
 //!
 //! Results and the machine they came from are in `docs/benchmarks.md`.
 
@@ -19,8 +19,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use prost::Message;
 use sluice_proto::sync::v1 as pb;
 use sluice_sync::{
-    Contribution, Cursor, DataType, Event, Hlc, Key, KeyType, OriginName, Origins, Table,
-    TableSchema, Tick, wire,
+    Cursor, DataType, Event, Hlc, Key, KeyType, OriginName, Origins, Table, TableSchema, Tick, wire,
 };
 
 const STORE: &[&str] = &["http_req_rate(10s)", "conn_cur", "gpc0"];
@@ -124,12 +123,12 @@ fn apply(c: &mut Criterion) {
         src.record(&mut h, Event::HttpReq, Tick(0));
         src.record(&mut h, Event::IncGpc0(1), Tick(0));
     }
-    let mut cs: Vec<(sluice_sync::OriginId, Contribution)> = Vec::new();
+    let mut cs: Vec<(sluice_sync::OriginId, pb::Contribution)> = Vec::new();
     let mut cur = Cursor::new();
     while !cur.is_done() {
         src.snapshot_chunk(&mut cur, 4096, Tick(1), &mut cs);
     }
-    let mut cs: Vec<Contribution> = cs.into_iter().map(|(_, c)| c).collect();
+    let mut cs: Vec<pb::Contribution> = cs.into_iter().map(|(_, c)| c).collect();
     let dst = table(100_000);
     let remote = dst
         .origins()
@@ -144,7 +143,8 @@ fn apply(c: &mut Criterion) {
             let c = &mut cs[i & 0xffff];
             c.version += 1;
             i += 1;
-            black_box(dst.apply(remote, c, Tick(2)))
+            let checked = wire::check(c, dst.schema()).unwrap();
+            black_box(dst.apply(remote, &checked, Tick(2)))
         })
     });
     // The replication path: decode a 1,000-contribution batch from bytes, check and apply it.
@@ -154,7 +154,7 @@ fn apply(c: &mut Criterion) {
             node: "peer".into(),
             incarnation: 1,
         }),
-        contributions: cs[..1000].iter().map(wire::encode).collect(),
+        contributions: cs[..1000].to_vec(),
     };
     let mut versions = 1_000_000u64;
     g.throughput(criterion::Throughput::Elements(1000));
@@ -172,7 +172,7 @@ fn apply(c: &mut Criterion) {
                 let start = Instant::now();
                 let decoded = pb::TableContributions::decode(bytes.as_slice()).unwrap();
                 for c in &decoded.contributions {
-                    let c = wire::decode(c, dst.schema()).unwrap();
+                    let c = wire::check(c, dst.schema()).unwrap();
                     black_box(dst.apply(remote, &c, Tick(3)));
                 }
                 total += start.elapsed();

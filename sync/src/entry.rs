@@ -13,12 +13,15 @@ use std::cmp::Ordering;
 use smallvec::SmallVec;
 
 use crate::clock::{Stamp, Tick};
-use crate::contribution::{Applied, Contribution, Datum, Value};
+use sluice_proto::sync::v1 as pb;
+
 use crate::key::Key;
 use crate::layout::{self, Cell, EPOCH, Field, HEADER, Layout, VERSION};
 use crate::origin::{LOCAL, OriginId, Origins};
 use crate::rate::Window;
 use crate::schema::DataType;
+use crate::table::Applied;
+use crate::wire::Checked;
 
 /// Words stored inline: one origin's record of the reference schema
 /// (`http_req_rate(P), conn_cur, gpc0`) fits without a heap allocation.
@@ -299,14 +302,15 @@ impl Entry {
         }
     }
 
-    /// Applies a remote origin's contribution; returns whether the local record had to adopt a
-    /// newer epoch (so it changed and must be sent).
+    /// Applies a remote origin's checked contribution; returns whether the local record had to
+    /// adopt a newer epoch (so it changed and must be sent).
     pub(crate) fn apply(
         &mut self,
         cx: &Ctx<'_>,
         origin: OriginId,
-        c: &Contribution,
+        checked: &Checked<'_>,
     ) -> (Applied, bool) {
+        let c = checked.contribution();
         if c.idle_ms >= cx.expire {
             return (Applied::Expired, false);
         }
@@ -322,8 +326,10 @@ impl Entry {
         rec[EPOCH] = c.epoch;
         layout::set_meta(rec, origin, cx.now.minus(c.idle_ms));
         for d in &c.data {
-            let Some(f) = l.field(d.ty) else { continue };
-            write_value(rec, f, d.value, cx.now);
+            let Some(f) = DataType::from_wire(d.r#type).and_then(|ty| l.field(ty)) else {
+                continue;
+            };
+            write_value(rec, f, d, cx.now);
         }
         let mut rebased = false;
         if let Some(j) = self.find(l, LOCAL).filter(|_| origin != LOCAL) {
@@ -337,17 +343,25 @@ impl Entry {
         (Applied::Updated, rebased)
     }
 
-    /// The contribution of record `i`, ages measured at `now`; zero values are left out.
-    pub(crate) fn export(&self, cx: &Ctx<'_>, i: usize) -> Contribution {
+    /// The contribution of record `i` in its wire form, ages measured at `now`; zero values
+    /// are left out.
+    pub(crate) fn export(&self, cx: &Ctx<'_>, i: usize) -> pb::Contribution {
         let rec = self.rec(cx.layout, i);
         let mut data = Vec::with_capacity(cx.layout.fields.len());
         for f in &cx.layout.fields {
-            let value = match f.cell {
-                Cell::Counter if rec[f.off] != 0 => Value::Counter(rec[f.off] as i64),
-                Cell::Gauge if rec[f.off] != 0 => Value::Gauge(rec[f.off] as i64),
-                Cell::Register if rec[f.off] != 0 => Value::Register {
+            let r#type = f.ty.wire();
+            let d = match f.cell {
+                Cell::Counter | Cell::Gauge if rec[f.off] != 0 => pb::Datum {
+                    r#type,
+                    value: rec[f.off] as i64,
+                    ..Default::default()
+                },
+                Cell::Register if rec[f.off] != 0 => pb::Datum {
+                    r#type,
                     stamp: rec[f.off],
-                    value: rec[f.off + 1],
+                    // Register values come from u32 sources (server ids, gpt0) or `set`.
+                    value: i64::try_from(rec[f.off + 1]).unwrap_or(i64::MAX),
+                    ..Default::default()
                 },
                 Cell::Rate { period, wide } => {
                     let mut w = layout::load_rate(rec, f.off, wide);
@@ -355,19 +369,21 @@ impl Entry {
                     if w.curr == 0 && w.prev == 0 {
                         continue;
                     }
-                    Value::Rate {
+                    pb::Datum {
+                        r#type,
                         period_ms: period,
                         age_ms: w.age(cx.now),
                         curr: w.curr,
                         prev: w.prev,
+                        ..Default::default()
                     }
                 }
                 _ => continue,
             };
-            data.push(Datum { ty: f.ty, value });
+            data.push(d);
         }
-        Contribution {
-            key: self.key.clone(),
+        pb::Contribution {
+            key: self.key.as_bytes().to_vec(),
             version: rec[VERSION],
             idle_ms: cx.now.since(layout::touched(rec)),
             epoch: layout::epoch(rec),
@@ -471,32 +487,24 @@ fn rebase(l: &Layout, rec: &mut [u64], epoch: Stamp) {
     rec[EPOCH] = epoch;
 }
 
-fn write_value(rec: &mut [u64], f: &Field, v: Value, now: Tick) {
-    match (f.cell, v) {
-        (Cell::Counter, Value::Counter(n)) | (Cell::Gauge, Value::Gauge(n)) => {
-            rec[f.off] = n as u64
+fn write_value(rec: &mut [u64], f: &Field, d: &pb::Datum, now: Tick) {
+    // Shapes were checked by `wire::check`; each cell reads only its own fields.
+    match f.cell {
+        Cell::Counter | Cell::Gauge => rec[f.off] = d.value as u64,
+        Cell::Register => {
+            rec[f.off] = d.stamp;
+            rec[f.off + 1] = d.value.max(0) as u64;
         }
-        (Cell::Register, Value::Register { stamp, value }) => {
-            rec[f.off] = stamp;
-            rec[f.off + 1] = value;
-        }
-        (
-            Cell::Rate { period, wide },
-            Value::Rate {
-                age_ms, curr, prev, ..
-            },
-        ) => {
-            // The sender rotated before sending, so age < period; a larger age is normalised as
-            // the window would be on the sender's side.
+        Cell::Rate { period, wide } => {
+            // The sender rotated before sending, so age < period; a larger age is normalised
+            // as the window would be on the sender's side.
             let mut w = Window {
-                start: now.minus(age_ms),
-                curr,
-                prev,
+                start: now.minus(d.age_ms),
+                curr: d.curr,
+                prev: d.prev,
             };
             w.rotate(now, period);
             layout::store_rate(rec, f.off, wide, w);
         }
-        // Shapes are checked when a message is decoded; a mismatch here is ignored.
-        _ => {}
     }
 }

@@ -10,14 +10,14 @@
 //!
 //! Main types: [`TableSchema`] (what a table stores), [`Table`] (the sharded table and its
 //! hot-path API: [`Table::track`], [`Table::record`], [`Table::read`]), [`Origins`] (the
-//! node incarnations contributing to the tables), [`Contribution`] (one origin's state for one
-//! entry: the unit of replication) and [`wire`] (its protobuf form).
+//! node incarnations contributing to the tables) and [`wire`] (a contribution, one origin's
+//! state for one entry and the unit of replication, as it travels, and the check that makes a
+//! peer's contribution safe to apply).
 //!
 //! [`replication`] is the async shell around the engine: mutually authenticated gRPC sessions
 //! between peers, snapshots, reconnection and membership. It only moves bytes and timers.
 
 pub mod clock;
-pub mod contribution;
 mod entry;
 pub mod error;
 pub mod key;
@@ -33,7 +33,6 @@ pub mod tables;
 pub mod wire;
 
 pub use clock::{Hlc, NodeClock, Stamp, Tick};
-pub use contribution::{Applied, Contribution, Datum, Value};
 pub use entry::Event;
 pub use error::{ContributionError, KeyError, SchemaError};
 pub use key::Key;
@@ -41,6 +40,7 @@ pub use origin::{LOCAL, OriginId, OriginName, Origins};
 pub use schema::{DataType, KeyType, Kind, Stored, TableSchema};
 pub use shard::MAX_CONSUMERS;
 pub use table::{
-    Consumer, Cursor, EntryView, FeedError, OriginView, SetError, Table, TableStats, Tracked,
+    Applied, Consumer, Cursor, EntryView, FeedError, OriginView, SetError, Table, TableStats,
+    Tracked,
 };
 pub use tables::{ReconcileError, Tables};

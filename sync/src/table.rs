@@ -15,13 +15,25 @@ use parking_lot::Mutex;
 use std::hash::BuildHasher;
 
 use crate::clock::{Hlc, Stamp, Tick};
-use crate::contribution::{Applied, Contribution, Value};
 use crate::entry::{Ctx, Entry, Event};
 use crate::key::Key;
 use crate::layout::{self, Cell, Layout};
 use crate::origin::{OriginId, Origins};
 use crate::schema::{DataType, Kind, TableSchema};
 use crate::shard::{Evicted, MAX_CONSUMERS, Shard};
+use crate::wire::Checked;
+use sluice_proto::sync::v1 as pb;
+
+/// What applying a contribution did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The contribution replaced an older one (or was the first from its origin).
+    Updated,
+    /// The table already holds this version or a newer one from the origin.
+    Stale,
+    /// The contribution was untouched for longer than the table's `expire`.
+    Expired,
+}
 
 /// Most shards a table has; a power of two.
 const MAX_SHARDS: usize = 64;
@@ -515,30 +527,31 @@ impl Table {
         n
     }
 
-    /// Applies a remote origin's contribution. Idempotent and order-insensitive: a version not
-    /// newer than the one held is ignored. The contribution must have been checked against the
-    /// schema (`wire::decode`); values of types the table does not store are ignored.
-    pub fn apply(&self, origin: OriginId, c: &Contribution, now: Tick) -> Applied {
+    /// Applies a remote origin's contribution, checked against this table's schema
+    /// ([`crate::wire::check`]). Idempotent and order-insensitive: a version not newer than the
+    /// one held is ignored.
+    pub fn apply(&self, origin: OriginId, checked: &Checked<'_>, now: Tick) -> Applied {
+        let c = checked.contribution();
         if c.idle_ms >= self.schema.expire_ms {
             return Applied::Expired;
         }
-        self.hlc.observe(c.epoch);
-        for d in &c.data {
-            if let Value::Register { stamp, .. } = d.value {
-                self.hlc.observe(stamp);
-            }
+        // Later local stamps must exceed every stamp seen (registers, resets).
+        let seen = c.data.iter().map(|d| d.stamp).fold(c.epoch, u64::max);
+        if seen != 0 {
+            self.hlc.observe(seen);
         }
         let cx = self.cx(now);
-        let hash = self.hash(&c.key);
+        let key = checked.key();
+        let hash = self.hash(key);
         let mut shard = self.shard_of(hash).lock();
-        let slot = match shard.find(hash, &c.key) {
+        let slot = match shard.find(hash, key) {
             Some(s) => s,
-            None => self.insert(&mut shard, hash, c.key.clone(), &cx),
+            None => self.insert(&mut shard, hash, key.clone(), &cx),
         };
         let Some(entry) = shard.entry_mut(slot) else {
             return Applied::Stale;
         };
-        let (applied, rebased) = entry.apply(&cx, origin, c);
+        let (applied, rebased) = entry.apply(&cx, origin, checked);
         let empty = entry.record_count(&self.layout) == 0;
         if empty {
             // A brand-new entry whose only contribution was stale or expired.
@@ -624,7 +637,7 @@ impl Table {
         cursor: &mut Cursor,
         max: usize,
         now: Tick,
-        out: &mut Vec<(OriginId, Contribution)>,
+        out: &mut Vec<(OriginId, pb::Contribution)>,
     ) -> usize {
         let cx = self.cx(now);
         self.walk(cursor, max, |e| {
@@ -747,7 +760,7 @@ impl Table {
         c: &mut Consumer,
         max: usize,
         now: Tick,
-        out: &mut Vec<Contribution>,
+        out: &mut Vec<pb::Contribution>,
     ) -> usize {
         let cx = self.cx(now);
         let mut n = 0;

@@ -21,7 +21,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::stats::PeerStats;
 use super::{MAX_BATCH, MAX_CHUNK, MAX_MESSAGE_CONTRIBUTIONS, Shared};
-use crate::contribution::Contribution;
 use crate::origin::{OriginId, OriginName};
 use crate::table::{Consumer, Cursor, Table};
 use crate::wire;
@@ -272,7 +271,7 @@ impl Sender {
                         node: me.node.clone(),
                         incarnation: me.incarnation,
                     }),
-                    contributions: buf.iter().map(wire::encode).collect(),
+                    contributions: std::mem::take(&mut buf),
                 });
             }
         }
@@ -286,13 +285,13 @@ impl Sender {
         };
         let mut tables = Vec::new();
         let mut n = 0;
-        let mut part: Vec<(OriginId, Contribution)> = Vec::new();
+        let mut part: Vec<(OriginId, pb::Contribution)> = Vec::new();
         while n < MAX_CHUNK && snap.table < snap.tables.len() {
             let t = &snap.tables[snap.table];
             part.clear();
             n += t.snapshot_chunk(&mut snap.cursor, MAX_CHUNK - n, now, &mut part);
             part.sort_by_key(|(o, _)| *o);
-            for group in part.chunk_by(|a, b| a.0 == b.0) {
+            for group in part.chunk_by_mut(|a, b| a.0 == b.0) {
                 let Some(origin) = self.shared.tables.origins().name(group[0].0) else {
                     continue;
                 };
@@ -302,7 +301,7 @@ impl Sender {
                         node: origin.node,
                         incarnation: origin.incarnation,
                     }),
-                    contributions: group.iter().map(|(_, c)| wire::encode(c)).collect(),
+                    contributions: group.iter_mut().map(|(_, c)| std::mem::take(c)).collect(),
                 });
             }
             if snap.cursor.is_done() {
@@ -496,7 +495,7 @@ fn apply(
         let mut decoded = Vec::with_capacity(tc.contributions.len());
         for pc in &tc.contributions {
             decoded.push(
-                wire::decode(pc, table.schema())
+                wire::check(pc, table.schema())
                     .map_err(|e| format!("table `{}`: {e}", tc.table))?,
             );
         }

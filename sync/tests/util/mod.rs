@@ -74,12 +74,7 @@ impl Node {
                 .snapshot_chunk(&mut cur, 7, self.tick(t), &mut out);
         }
         out.into_iter()
-            .map(|(o, c)| {
-                (
-                    self.origins.name(o).expect("known origin"),
-                    wire::encode(&c),
-                )
-            })
+            .map(|(o, c)| (self.origins.name(o).expect("known origin"), c))
             .collect()
     }
 
@@ -87,14 +82,12 @@ impl Node {
     pub fn take(&self, consumer: &mut Consumer, t: u32) -> Vec<(OriginName, pb::Contribution)> {
         let mut out = Vec::new();
         while self.table.take_changes(consumer, 5, self.tick(t), &mut out) > 0 {}
-        out.iter()
-            .map(|c| (self.name.clone(), wire::encode(c)))
-            .collect()
+        out.into_iter().map(|c| (self.name.clone(), c)).collect()
     }
 
     /// Decodes and applies one contribution from a peer, as a session would.
     pub fn deliver(&self, from: &OriginName, c: &pb::Contribution, t: u32) -> Applied {
-        let c = wire::decode(c, self.table.schema()).expect("well-formed contribution");
+        let c = wire::check(c, self.table.schema()).expect("well-formed contribution");
         let id = self.origins.intern(from).expect("origin room");
         self.table.apply(id, &c, self.tick(t))
     }
