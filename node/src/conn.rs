@@ -159,6 +159,9 @@ pub(crate) async fn handle(
     token: CancellationToken,
     _permit: OwnedSemaphorePermit,
 ) {
+    // A dual-stack listener sees IPv4 clients as `::ffff:a.b.c.d`; rules, hashing and
+    // `X-Forwarded-For` want the IPv4 address.
+    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     let span = debug_span!("conn", frontend = %fe.config.name, client.addr = %peer);
     async move {
         let _ = stream.set_nodelay(true);
@@ -169,7 +172,10 @@ pub(crate) async fn handle(
 
         let (io, client) = if fe.config.accept_proxy {
             match tokio::time::timeout(header_timeout, read_proxy_header(stream)).await {
-                Ok(Ok((io, source))) => (io, source.unwrap_or(peer)),
+                Ok(Ok((io, source))) => (
+                    io,
+                    source.map_or(peer, |s| SocketAddr::new(s.ip().to_canonical(), s.port())),
+                ),
                 Ok(Err(error)) => {
                     fe.metrics.conn_error(ConnError::ProxyProtocol);
                     debug!(%error, "closing connection without a valid PROXY header");
