@@ -90,11 +90,11 @@ impl Activity {
         }
     }
 
-    /// A request head arrived.
+    /// A request head arrived at `now`.
     #[inline]
-    pub(crate) fn begin(&self) {
+    pub(crate) fn begin(&self, now: Instant) {
         self.in_flight.fetch_add(1, Relaxed);
-        self.seen.fetch_add(1, Relaxed);
+        self.mark(now);
     }
 
     /// A request's response ended (or was abandoned).
@@ -104,35 +104,52 @@ impl Activity {
         self.in_flight.fetch_sub(1, Relaxed);
     }
 
-    /// Bytes moved (TCP mode).
+    /// Bytes moved (a TCP read, a frame of a response body).
     #[inline]
     pub(crate) fn touch(&self) {
-        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.mark(Instant::now());
+    }
+
+    #[inline]
+    fn mark(&self, now: Instant) {
+        let ms = u64::try_from((now - self.started).as_millis()).unwrap_or(u64::MAX);
         self.last_ms.store(ms, Relaxed);
         self.seen.fetch_add(1, Relaxed);
     }
 }
 
 /// Resolves when the connection has been idle too long: no complete first request head within
-/// `first` of accepting, or nothing in flight for `idle` since the last request ended.
+/// `first` of accepting, nothing in flight for `idle` since the last request ended, or — with
+/// requests in flight and `stall` set — nothing moved for `stall` (a backend that stopped
+/// sending in the middle of a body).
 ///
 /// One timer per connection, re-armed only when it fires, so requests cost no timer work.
-pub(crate) async fn watchdog(a: &Activity, first: Duration, idle: Duration) {
-    // Activity does not wake the watchdog, so it never sleeps longer than `idle` past a
-    // check: a request that starts and ends meanwhile is then seen in time.
-    let step = first.min(idle);
+pub(crate) async fn watchdog(
+    a: &Activity,
+    first: Duration,
+    idle: Duration,
+    stall: Option<Duration>,
+) {
+    // Activity does not wake the watchdog, so it never sleeps longer than the shortest limit
+    // past a check: a request that starts and ends meanwhile is then seen in time.
+    let step = first.min(idle).min(stall.unwrap_or(Duration::MAX));
     let mut deadline = a.started + step;
     loop {
         tokio::time::sleep_until(deadline).await;
         let now = Instant::now();
+        let last = a.started + Duration::from_millis(a.last_ms.load(Relaxed));
         if a.in_flight.load(Relaxed) > 0 {
-            deadline = now + idle;
+            match stall {
+                Some(stall) if now >= last + stall => return,
+                Some(stall) => deadline = (last + stall).min(now + step),
+                None => deadline = now + idle,
+            }
             continue;
         }
         let expires = if a.seen.load(Relaxed) == 0 {
             a.started + first
         } else {
-            a.started + Duration::from_millis(a.last_ms.load(Relaxed)) + idle
+            last + idle
         };
         if now >= expires {
             return;

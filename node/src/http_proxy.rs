@@ -10,6 +10,7 @@ use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -99,6 +100,9 @@ where
 
 async fn drive<C: Graceful>(mut conn: Pin<&mut C>, ctx: &ConnCtx, token: &CancellationToken) {
     let limits = &ctx.frontend.config.limits;
+    // A request in flight may go quiet for the backend's response timeout (waiting for the
+    // head, which then gets a 504) and a little more; after that the exchange is stuck.
+    let stall = ctx.frontend.backend.limits().response_timeout + Duration::from_secs(1);
     let mut draining = false;
     loop {
         tokio::select! {
@@ -114,7 +118,7 @@ async fn drive<C: Graceful>(mut conn: Pin<&mut C>, ctx: &ConnCtx, token: &Cancel
                 conn.as_mut().shutdown();
                 draining = true;
             }
-            _ = watchdog(&ctx.activity, limits.header_timeout, limits.keepalive_timeout) => {
+            _ = watchdog(&ctx.activity, limits.header_timeout, limits.keepalive_timeout, Some(stall)) => {
                 debug!("closing idle or too slow client connection");
                 return;
             }
@@ -126,8 +130,8 @@ async fn handle(
     ctx: Arc<ConnCtx>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    ctx.activity.begin();
     let start = Instant::now();
+    ctx.activity.begin(start);
     let fe = &ctx.frontend;
     let outcome = Outcome::Allowed;
     let resp = match rules::on_request(&ctx, &req) {
@@ -374,7 +378,12 @@ impl Body for ProxyBody {
         match &polled {
             Poll::Ready(None) => this.finish(true),
             Poll::Ready(Some(Err(_))) => this.finish(false),
-            _ => {}
+            Poll::Ready(Some(Ok(_))) => {
+                if let Some(conn) = &this.conn {
+                    conn.activity.touch();
+                }
+            }
+            Poll::Pending => {}
         }
         polled
     }

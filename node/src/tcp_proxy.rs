@@ -67,7 +67,7 @@ where
                 Err(error) => debug!(server = %guard.server().name, %error, "tcp connection ended with an error"),
             }
         }
-        _ = watchdog(activity, idle, idle) => {
+        _ = watchdog(activity, idle, idle, None) => {
             debug!(server = %guard.server().name, "tcp connection idle, closing");
         }
     }

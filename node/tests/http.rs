@@ -492,3 +492,38 @@ async fn dns_names_resolve_and_max_connections_caps_clients() {
     n.stop().await;
     a.stop().await;
 }
+
+#[tokio::test]
+async fn a_backend_stalling_mid_body_is_cut_off() {
+    let a = TestBackend::start("a").await;
+    let n = TestNode::start(&http_config(
+        &[&a],
+        "limits = { response_timeout = \"200ms\" }",
+        "",
+    ))
+    .await;
+    let mut s = TcpStream::connect(n.addr("web")).await.unwrap();
+    s.write_all(b"GET /stall HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    let (out, closed) = read_to_close(&mut s, 10 * SECOND).await;
+    assert!(closed, "stalled exchange closed");
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.contains("partial"),
+        "{out}"
+    );
+    // response_timeout + 1s of grace, with slack.
+    assert!(
+        start.elapsed() >= Duration::from_millis(1100) && start.elapsed() < 5 * SECOND,
+        "{:?}",
+        start.elapsed()
+    );
+    wait_until(5 * SECOND, "server connection released", || async {
+        n.node.server_state("app", "a").unwrap().active == 0
+    })
+    .await;
+    n.stop().await;
+    a.stop().await;
+}

@@ -129,6 +129,17 @@ async fn answer(req: Request<Incoming>, name: &str, release: &Notify) -> Respons
     if path == "/echo" {
         return Response::new(req.into_body().boxed());
     }
+    if path == "/stall" {
+        // One chunk, then nothing, forever.
+        let chunk = futures_util::stream::once(async {
+            Ok::<_, hyper::Error>(hyper::body::Frame::data(Bytes::from_static(b"partial")))
+        });
+        let body = http_body_util::StreamBody::new(futures_util::StreamExt::chain(
+            chunk,
+            futures_util::stream::pending(),
+        ));
+        return Response::new(BodyExt::boxed(body));
+    }
     if path == "/slow" {
         release.notified().await;
         return text(200, format!("{name} slow"));
