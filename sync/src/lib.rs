@@ -28,6 +28,7 @@ mod rate;
 pub mod replication;
 pub mod schema;
 mod shard;
+pub mod sweeper;
 pub mod table;
 pub mod tables;
 pub mod wire;
