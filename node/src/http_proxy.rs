@@ -19,16 +19,18 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{Instrument, debug};
 
 use crate::backend::{ActiveGuard, Server, connect_http};
-use crate::conn::{ConnCtx, watchdog};
+use crate::conn::{Activity, ConnCtx, watchdog};
 use crate::metrics::Outcome;
 use crate::rules::{self, Verdict};
+use crate::tcp_proxy;
 
 /// Stale pooled connections tried before giving up on a request (each is found closed only
 /// when a request is handed to it).
@@ -63,7 +65,9 @@ where
             .max_buf_size(limits.max_header_size)
             .keep_alive(true)
             .writev(false);
-        let conn = builder.serve_connection(TokioIo::new(io), svc);
+        let conn = builder
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades();
         drive(pin!(conn), &ctx, &token).await;
     }
 }
@@ -79,6 +83,19 @@ where
     S: hyper::service::HttpService<Incoming>,
     S::ResBody: Body + 'static,
     <S::ResBody as Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, B> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     fn shutdown(self: Pin<&mut Self>) {
         self.graceful_shutdown();
@@ -161,7 +178,15 @@ fn is_idempotent(m: &Method) -> bool {
 async fn forward(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<ProxyBody> {
     let fe = &ctx.frontend;
     let backend = &fe.backend;
+    // An HTTP/1.1 upgrade (WebSocket): the backend sees the Upgrade headers, and after its
+    // 101 both connections become one byte tunnel.
+    let mut upgrade = upgrade_request(&mut req);
     prepare_request(ctx, &mut req);
+    if let Some((proto, _)) = &upgrade {
+        let headers = req.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, proto.clone());
+    }
     let idempotent = is_idempotent(req.method());
     let mut excluded: Option<Arc<Server>> = None;
     let mut stale = 0;
@@ -193,6 +218,12 @@ async fn forward(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<ProxyBod
         match result {
             Ok(Ok(resp)) => {
                 server.metrics.response(resp.status().as_u16());
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    return match upgrade.take() {
+                        Some((_, client)) => switch_protocols(ctx, resp, client, sender, guard),
+                        None => local(StatusCode::BAD_GATEWAY, "bad gateway\n"),
+                    };
+                }
                 return proxied_response(ctx, resp, sender, guard);
             }
             Ok(Err(mut e)) => {
@@ -215,6 +246,79 @@ async fn forward(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<ProxyBod
             }
         }
     }
+}
+
+/// The protocol an HTTP/1.1 request asks to upgrade to, and the handle to its connection.
+fn upgrade_request(req: &mut Request<Incoming>) -> Option<(HeaderValue, OnUpgrade)> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let proto = req.headers().get(header::UPGRADE)?.clone();
+    let asks = req.headers().get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        })
+    });
+    asks.then(|| (proto, hyper::upgrade::on(req)))
+}
+
+/// Answers the client with the backend's 101 and joins the two connections once both have
+/// switched. The tunnel is tracked with the client connections, so draining waits for it.
+fn switch_protocols(
+    ctx: &ConnCtx,
+    mut resp: Response<Incoming>,
+    client: OnUpgrade,
+    sender: SendRequest<Incoming>,
+    guard: ActiveGuard,
+) -> Response<ProxyBody> {
+    let backend = hyper::upgrade::on(&mut resp);
+    let idle = ctx.frontend.config.limits.idle_timeout;
+    let tunnel = async move {
+        let (client, backend) = tokio::join!(client, backend);
+        // The backend connection is the tunnel now; it never returns to the pool.
+        drop(sender);
+        let (client, backend) = match (client, backend) {
+            (Ok(c), Ok(b)) => (c, b),
+            (Err(error), _) | (_, Err(error)) => {
+                debug!(%error, "protocol switch failed");
+                return;
+            }
+        };
+        let activity = Activity::new();
+        match tcp_proxy::tunnel(TokioIo::new(client), TokioIo::new(backend), &activity, idle).await
+        {
+            Ok(Some((up, down))) => {
+                debug!(server = %guard.server().name, bytes.up = up, bytes.down = down, "upgraded connection closed")
+            }
+            Ok(None) => debug!(server = %guard.server().name, "upgraded connection idle, closing"),
+            Err(error) => {
+                debug!(server = %guard.server().name, %error, "upgraded connection ended with an error")
+            }
+        }
+    };
+    ctx.frontend
+        .tunnels
+        .spawn(tunnel.instrument(tracing::Span::current()));
+    let (mut parts, _) = resp.into_parts();
+    let proto = parts.headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut parts.headers);
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Some(proto) = proto {
+        parts.headers.insert(header::UPGRADE, proto);
+    }
+    if let Some(via) = &ctx.frontend.via {
+        append(&mut parts.headers, &header::VIA, via);
+    }
+    Response::from_parts(
+        parts,
+        ProxyBody {
+            kind: Kind::Local(None),
+            conn: None,
+        },
+    )
 }
 
 fn prepare_request(ctx: &ConnCtx, req: &mut Request<Incoming>) {

@@ -34,6 +34,9 @@ pub struct Frontend {
     pub via: Option<HeaderValue>,
     /// Owner of backend connection drivers.
     pub bg: Background,
+    /// Tracks client connections that outlive their task (HTTP upgrades), so draining waits
+    /// for them.
+    pub tunnels: TaskTracker,
     /// The `max_connections` cap.
     conns: Arc<Semaphore>,
 }
@@ -57,6 +60,7 @@ impl Frontend {
         tls: Option<TlsAcceptor>,
         node_name: &str,
         bg: Background,
+        tunnels: TaskTracker,
     ) -> Frontend {
         let via = config
             .via
@@ -71,6 +75,7 @@ impl Frontend {
             via,
             bg,
             conns,
+            tunnels,
         }
     }
 }

@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Config file (TOML). Keys may be overridden by SLUICE_<SECTION>__<KEY> variables.
+    /// Config file (TOML). Keys may be overridden by `SLUICE_<SECTION>__<KEY>` variables.
     #[arg(long, short = 'c', env = "SLUICE_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Log format.

@@ -254,6 +254,7 @@ impl Node {
                 acceptor,
                 &config.node.name,
                 sh.bg.clone(),
+                sh.conns.clone(),
             ));
             match sockets.remove(&fe.name) {
                 None => {

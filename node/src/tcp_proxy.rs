@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::debug;
@@ -48,28 +49,37 @@ where
             }
         }
     };
-    let activity = &ctx.activity;
-    let mut client = Touch {
-        inner: client,
-        activity,
-    };
-    let mut upstream = Touch {
-        inner: upstream,
-        activity,
-    };
-    // Mark the connection active so the watchdog uses idle_timeout from the start.
-    activity.touch();
     let idle = fe.config.limits.idle_timeout;
+    match tunnel(client, upstream, &ctx.activity, idle).await {
+        Ok(Some((up, down))) => {
+            debug!(server = %guard.server().name, bytes.up = up, bytes.down = down, "tcp connection closed")
+        }
+        Ok(None) => debug!(server = %guard.server().name, "tcp connection idle, closing"),
+        Err(error) => {
+            debug!(server = %guard.server().name, %error, "tcp connection ended with an error")
+        }
+    }
+}
+
+/// Copies bytes both ways with half-close until both directions end (`Some(bytes up, bytes
+/// down)`), or until nothing moved for `idle` (`None`). Used by TCP mode and by HTTP upgrades.
+pub(crate) async fn tunnel<A, B>(
+    a: A,
+    b: B,
+    activity: &Activity,
+    idle: Duration,
+) -> io::Result<Option<(u64, u64)>>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut a = Touch { inner: a, activity };
+    let mut b = Touch { inner: b, activity };
+    // Mark the connection active so the watchdog counts idle_timeout from now.
+    activity.touch();
     tokio::select! {
-        res = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, COPY_BUF, COPY_BUF) => {
-            match res {
-                Ok((up, down)) => debug!(server = %guard.server().name, bytes.up = up, bytes.down = down, "tcp connection closed"),
-                Err(error) => debug!(server = %guard.server().name, %error, "tcp connection ended with an error"),
-            }
-        }
-        _ = watchdog(activity, idle, idle, None) => {
-            debug!(server = %guard.server().name, "tcp connection idle, closing");
-        }
+        res = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUF, COPY_BUF) => res.map(Some),
+        _ = watchdog(activity, idle, idle, None) => Ok(None),
     }
 }
 

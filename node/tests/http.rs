@@ -527,3 +527,50 @@ async fn a_backend_stalling_mid_body_is_cut_off() {
     n.stop().await;
     a.stop().await;
 }
+
+#[tokio::test]
+async fn upgrade_becomes_a_tunnel() {
+    use tokio::io::AsyncReadExt;
+
+    let a = TestBackend::start("a").await;
+    let n = TestNode::start(&http_config(&[&a], "", "")).await;
+    let mut s = TcpStream::connect(n.addr("web")).await.unwrap();
+    s.write_all(
+        b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains("hello from a\n") {
+        let n = tokio::time::timeout(5 * SECOND, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&got).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("upgrade: echo") && head.contains("connection: upgrade"),
+        "{head}"
+    );
+    s.write_all(b"ping over the tunnel").await.unwrap();
+    let mut echoed = vec![0u8; 20];
+    tokio::time::timeout(5 * SECOND, s.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echoed, b"ping over the tunnel");
+    // Closing our side ends the tunnel: the backend shuts down in turn.
+    s.shutdown().await.unwrap();
+    let (_, closed) = read_to_close(&mut s, 5 * SECOND).await;
+    assert!(closed);
+    wait_until(5 * SECOND, "tunnel released the server", || async {
+        n.node.server_state("app", "a").unwrap().active == 0
+    })
+    .await;
+    n.stop().await;
+    a.stop().await;
+}

@@ -84,7 +84,8 @@ pub async fn connect_http(server: &Server, bg: &Background) -> io::Result<SendRe
         // The driver ends when the server closes, or when the pool and any in-flight
         // exchange have dropped the sender.
         tokio::select! {
-            _ = conn => {}
+            // With upgrades, a 101 hands the connection to the proxy's tunnel.
+            _ = conn.with_upgrades() => {}
             _ = token.cancelled() => {}
         }
     });

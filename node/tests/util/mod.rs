@@ -100,7 +100,8 @@ impl TestBackend {
                         }
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc);
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades();
                     tokio::select! {
                         _ = conn => {}
                         _ = token.cancelled() => {}
@@ -124,8 +125,33 @@ impl TestBackend {
     }
 }
 
-async fn answer(req: Request<Incoming>, name: &str, release: &Notify) -> Response<Body> {
+async fn answer(mut req: Request<Incoming>, name: &str, release: &Notify) -> Response<Body> {
     let path = req.uri().path().to_owned();
+    if path == "/upgrade" && req.headers().contains_key("upgrade") {
+        // Switch to an echo protocol that first says its name.
+        let on = hyper::upgrade::on(&mut req);
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Ok(up) = on.await else { return };
+            let mut io = TokioIo::new(up);
+            let _ = io
+                .write_all(format!("hello from {name}\n").as_bytes())
+                .await;
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+            let _ = io.shutdown().await;
+        });
+        let mut r = text(101, String::new());
+        r.headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
+        r.headers_mut().insert("upgrade", "echo".parse().unwrap());
+        return r;
+    }
     if path == "/echo" {
         return Response::new(req.into_body().boxed());
     }
