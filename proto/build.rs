@@ -2,7 +2,7 @@
 //! fresh machine needs only `cargo` (no system `protoc`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["sluice/sync/v1/sync.proto"];
+    let files = ["sluice/sync/v1/sync.proto", "sluice/admin/v1/admin.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -4,9 +4,9 @@
 //! Everything is parsed and checked here, before any command runs: a malformed argument is a
 //! usage error (exit status 2) naming the argument, never a half-run command.
 //!
-//! The connection options (`--node`, `--ca`, `--cert`, `--key`) go before the command, as in
-//! SPEC §7's synopsis; they are not clap-global because `certs add --node NAME` uses `--node`
-//! for a node name. `--json` is accepted anywhere.
+//! The connection options (`--node`, `--ca`, `--cert`, `--key`, `--server-name`) go before the
+//! command, as in SPEC §7's synopsis; they are not clap-global because `certs add --node NAME`
+//! uses `--node` for a node name. `--json` is accepted anywhere.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -43,6 +43,10 @@ pub(crate) struct Cli {
 /// The client identity for an admin API that is not on loopback. All three or none.
 #[derive(Debug, Args)]
 pub(crate) struct ClientTls {
+    /// Node name the node's certificate must carry (default: the host of --node, which must
+    /// then be a name, not an IP address).
+    #[arg(long, value_name = "NODE", requires = "ca")]
+    pub(crate) server_name: Option<NodeName>,
     /// Fleet CA certificate that the node's certificate must chain to.
     #[arg(long, value_name = "FILE", requires_all = ["cert", "key"])]
     pub(crate) ca: Option<PathBuf>,
@@ -364,6 +368,16 @@ pub(crate) struct PeerAddr {
     pub(crate) host: String,
     /// TCP port, never 0.
     pub(crate) port: u16,
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
 }
 
 impl std::str::FromStr for PeerAddr {

@@ -2,12 +2,16 @@
 //! generates the fleet's certificates.
 //!
 //! This file only parses arguments, reads the clock once, dispatches and reports errors;
-//! the command line is in [`args`], certificate issuing in [`certs`], formatting in [`output`].
+//! the command line is in [`args`], the admin commands in [`admin`] over the connection of
+//! [`client`], certificate issuing in [`certs`], formatting in [`output`] and [`views`].
 
+mod admin;
 mod args;
 mod certs;
+mod client;
 mod node_name;
 mod output;
+mod views;
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -76,13 +80,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        // The admin API (`sluice.admin.v1`) is not in this build yet; say so rather than
-        // pretend. The arguments have been fully parsed and validated by now.
-        Command::Status | Command::Table(_) | Command::Peer(_) => anyhow::bail!(
-            "`{}` requires the admin API, which this build does not have yet (node {})",
-            cli.command.name(),
-            cli.node
-        ),
+        Command::Status | Command::Table(_) | Command::Peer(_) => {
+            let target = match client::Target::new(&cli.node, &cli.tls) {
+                Ok(target) => target,
+                // Options that cannot work together are a usage error, like a malformed one.
+                Err(why) => Cli::command()
+                    .error(clap::error::ErrorKind::ArgumentConflict, why)
+                    .exit(),
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(admin::run(&target, &cli.command, cli.json, stdout))
+        }
     }
 }
 
