@@ -14,8 +14,10 @@
 //! - `http_proxy`, `tcp_proxy`: the two proxying modes.
 //! - [`backend`]: servers, DNS, health checks, balancing, connection pools.
 //! - [`metrics`] and `ops`: atomics on the hot path, Prometheus text on scrape.
+//! - [`admin`]: the admin API (`sluice.admin.v1`) that `sluicectl` speaks.
 //! - `rules`: where the rules engine (a later issue) plugs into the request path.
 
+pub mod admin;
 pub mod backend;
 pub mod config;
 mod conn;
