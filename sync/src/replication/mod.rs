@@ -121,7 +121,7 @@ struct PeerEntry {
 pub(crate) struct Shared {
     cfg: ReplicationConfig,
     tables: Arc<Tables>,
-    identity: Identity,
+    identity: Arc<Identity>,
     clock: NodeClock,
     me: OriginName,
     membership: Mutex<Membership>,
@@ -166,7 +166,7 @@ impl Replicator {
         cancel: CancellationToken,
     ) -> Result<Replicator, ReplicationError> {
         let me = tables.origins().local();
-        let identity = Identity::load(&me.node, cfg.tls.clone())?;
+        let identity = Arc::new(Identity::load(&me.node, cfg.tls.clone())?);
         let mut membership = Membership::new(me.node.clone());
         for (name, addr) in &cfg.peers {
             membership.add(name, addr, 0)?;
@@ -302,6 +302,12 @@ impl Replicator {
         self.shared.identity.reload()?;
         tracing::info!("fleet TLS identity reloaded");
         Ok(())
+    }
+
+    /// The fleet identity replication uses; the admin API serves with it too, so one reload
+    /// rotates both.
+    pub fn identity(&self) -> Arc<Identity> {
+        self.shared.identity.clone()
     }
 
     /// Restarts every session, e.g. after the set of replicated tables changed on reload, so
