@@ -198,7 +198,9 @@ async fn forward(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<ProxyBod
         let guard = server.begin();
         let (mut sender, reused) = match server.pool.take() {
             Some(sender) => (sender, true),
-            None => match connect_http(server, &fe.bg).await {
+            // Boxed: opening a connection is rare with keep-alive, and keeping its state out of
+            // this future keeps the per-request future (moved into hyper once) small.
+            None => match Box::pin(connect_http(server, &fe.bg)).await {
                 Ok(sender) => (sender, false),
                 Err(error) => {
                     debug!(server = %server.name, %error, "cannot connect to server");
