@@ -149,14 +149,18 @@ async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     ctx.activity.begin(start);
+    // Ends the request in the connection's activity even if hyper drops this future (a client
+    // that went away, an HTTP/2 stream reset).
+    let in_flight = InFlight(ctx);
+    let ctx = &in_flight.0;
     let fe = &ctx.frontend;
     let outcome = Outcome::Allowed;
-    let resp = match rules::on_request(&ctx, &req) {
+    let resp = match rules::on_request(ctx, &req) {
         Verdict::Continue => {
             if req.method() == Method::CONNECT {
                 local(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n")
             } else {
-                forward(&ctx, req).await
+                forward(ctx, req).await
             }
         }
     };
@@ -164,8 +168,19 @@ async fn handle(
     fe.metrics.request(status, outcome);
     fe.metrics.latency.observe(start.elapsed());
     let (parts, mut body) = resp.into_parts();
-    body.conn = Some(ctx);
+    body.conn = Some(in_flight);
     Ok(Response::from_parts(parts, body))
+}
+
+/// A request in flight on a client connection; ends it in the connection's activity when
+/// dropped (with the response body, or with the request future if that is abandoned).
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<ConnCtx>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.activity.end();
+    }
 }
 
 fn is_idempotent(m: &Method) -> bool {
@@ -442,7 +457,7 @@ fn local(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
 #[derive(Debug)]
 pub(crate) struct ProxyBody {
     kind: Kind,
-    conn: Option<Arc<ConnCtx>>,
+    conn: Option<InFlight>,
 }
 
 #[derive(Debug)]
@@ -462,9 +477,8 @@ impl ProxyBody {
         {
             guard.server().pool.put(sender);
         }
-        if let Some(conn) = self.conn.take() {
-            conn.activity.end();
-        }
+        // Dropping the request's `InFlight` ends it.
+        self.conn = None;
     }
 }
 
@@ -486,7 +500,7 @@ impl Body for ProxyBody {
             Poll::Ready(Some(Err(_))) => this.finish(false),
             Poll::Ready(Some(Ok(_))) => {
                 if let Some(conn) = &this.conn {
-                    conn.activity.touch();
+                    conn.0.activity.touch();
                 }
             }
             Poll::Pending => {}
