@@ -165,3 +165,37 @@ async fn proxy_header_on_a_tcp_frontend() {
     n.stop().await;
     h.abort();
 }
+
+#[tokio::test]
+async fn tcp_connect_health_check_takes_a_dead_server_out() {
+    let (live, h) = echo_server().await;
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let cfg = format!(
+        "[[frontend]]\nname = \"t\"\nbind = \"127.0.0.1:0\"\nmode = \"tcp\"\nbackend = \"b\"\n\
+         [[backend]]\nname = \"b\"\nservers = [{{ name = \"live\", addr = \"{live}\" }}, {{ name = \"dead\", addr = \"{dead_addr}\" }}]\n\
+         check = {{ interval = \"50ms\", fall = 2 }}\n"
+    );
+    let n = TestNode::start(&cfg).await;
+    util::wait_until(5 * SECOND, "dead server marked down", || async {
+        !n.node.server_state("b", "dead").unwrap().up
+    })
+    .await;
+    assert!(n.node.server_state("b", "live").unwrap().up);
+    // Every connection now goes to the live server without a retry.
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(n.addr("t")).await.unwrap();
+        s.write_all(b"x").await.unwrap();
+        s.shutdown().await.unwrap();
+        let (out, _) = read_to_close(&mut s, 5 * SECOND).await;
+        assert_eq!(out, b"x");
+    }
+    assert!(
+        n.node
+            .render_metrics()
+            .contains("sluice_backend_retries_total{backend=\"b\"} 0")
+    );
+    n.stop().await;
+    h.abort();
+}
