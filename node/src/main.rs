@@ -55,6 +55,9 @@ fn real_main(args: Args) -> anyhow::Result<ExitCode> {
         .context("no config file: pass --config FILE (or set SLUICE_CONFIG)")?;
     let config = Config::load(&path, std::env::vars())?;
     if let Some(Command::Check) = args.command {
+        if let Err((field, error)) = sluice_node::tls::check(&config) {
+            anyhow::bail!("{}: {field}: {error}", path.display());
+        }
         print!("{}", config.to_toml());
         eprintln!("{}: ok", path.display());
         return Ok(ExitCode::SUCCESS);

@@ -9,7 +9,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{FrontendTlsConfig, Mode};
+use crate::config::{Config, FrontendTlsConfig, Mode};
 
 /// A certificate or key that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,17 @@ pub fn acceptor(cfg: &FrontendTlsConfig, mode: Mode) -> Result<TlsAcceptor, TlsE
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     }
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Loads every frontend certificate and key of `config`, as starting the node would; the
+/// error names the frontend's field path (`frontend[1].tls`). `sluice check` runs this.
+pub fn check(config: &Config) -> Result<(), (String, TlsError)> {
+    for (i, fe) in config.frontends.iter().enumerate() {
+        if let Some(t) = &fe.tls {
+            acceptor(t, fe.mode).map_err(|e| (format!("frontend[{i}].tls"), e))?;
+        }
+    }
+    Ok(())
 }
 
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {

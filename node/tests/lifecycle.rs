@@ -288,6 +288,12 @@ fn check_prints_the_resolved_config_and_names_bad_fields() {
             "frontend[0].backend",
         ),
         ("[node]\ndrain_timeout = \"soon\"\n", "node.drain_timeout"),
+        (
+            "[[frontend]]\nname = \"w\"\nbind = \"127.0.0.1:1\"\nbackend = \"b\"\n\
+             tls = { cert = \"/nonexistent/cert.pem\", key = \"/nonexistent/key.pem\" }\n\
+             [[backend]]\nname = \"b\"\nservers = [{ name = \"s\", addr = \"127.0.0.1:2\" }]\n",
+            "frontend[0].tls",
+        ),
     ] {
         let bad = dir.path().join("bad.toml");
         std::fs::write(&bad, text).unwrap();
