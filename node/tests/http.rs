@@ -574,3 +574,27 @@ async fn upgrade_becomes_a_tunnel() {
     n.stop().await;
     a.stop().await;
 }
+
+#[tokio::test]
+async fn pooled_connections_idle_too_long_are_not_reused() {
+    let a = TestBackend::start("a").await;
+    let n = TestNode::start(&http_config(
+        &[&a],
+        "limits = { pool_idle_timeout = \"100ms\" }",
+        "",
+    ))
+    .await;
+    assert_eq!(get(n.addr("web"), "/").await.0, 200);
+    assert_eq!(get(n.addr("web"), "/").await.0, 200);
+    assert_eq!(a.connections.load(SeqCst), 1, "reused while fresh");
+    // Let the pooled connection age past pool_idle_timeout (waiting is the point here).
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(get(n.addr("web"), "/").await.0, 200);
+    assert_eq!(
+        a.connections.load(SeqCst),
+        2,
+        "a stale connection is replaced"
+    );
+    n.stop().await;
+    a.stop().await;
+}

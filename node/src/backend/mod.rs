@@ -206,7 +206,7 @@ impl Backend {
                     resolved: AtomicBool::new(!addrs.is_empty()),
                     addrs: Mutex::new(addrs),
                     metrics,
-                    pool: Pool::default(),
+                    pool: Pool::new(config.limits.pool_idle_timeout),
                     connect_timeout: config.limits.connect_timeout,
                 })
             })
@@ -392,7 +392,7 @@ mod tests {
                     ))])),
                     resolved: AtomicBool::new(true),
                     metrics,
-                    pool: Pool::default(),
+                    pool: Pool::new(Duration::from_secs(4)),
                     connect_timeout: Duration::from_secs(1),
                 })
             })

@@ -8,49 +8,75 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
+use tokio::time::Instant;
 
 use super::{Background, Server};
 
 /// Idle connections kept per server; more than this are closed when released.
 pub(super) const MAX_IDLE_PER_SERVER: usize = 1024;
 
-/// Idle connections of one server.
-#[derive(Debug, Default)]
+/// Idle connections of one server, each with the time it became idle.
+#[derive(Debug)]
 pub struct Pool {
-    idle: Mutex<VecDeque<SendRequest<Incoming>>>,
+    idle: Mutex<VecDeque<(SendRequest<Incoming>, Instant)>>,
+    /// Connections idle longer are closed instead of reused: a server closing an idle
+    /// connection just as a request goes out on it would turn that request into a 502.
+    max_idle: Duration,
 }
 
 impl Pool {
+    /// An empty pool whose connections may sit idle for at most `max_idle`.
+    pub fn new(max_idle: Duration) -> Pool {
+        Pool {
+            idle: Mutex::new(VecDeque::new()),
+            max_idle,
+        }
+    }
+
     /// An idle connection ready for a request, most recently used first.
     pub fn take(&self) -> Option<SendRequest<Incoming>> {
+        let now = Instant::now();
         let mut idle = self.idle.lock();
         for _ in 0..idle.len() {
-            let sender = idle.pop_back()?;
+            let (sender, since) = idle.pop_back()?;
+            if now.duration_since(since) > self.max_idle {
+                // Everything in front of it is older still.
+                idle.clear();
+                return None;
+            }
             if sender.is_ready() {
                 return Some(sender);
             }
             // Not ready yet (its driver has not seen the end of the last exchange): keep it
             // for later, behind the others. Closed ones are dropped.
             if !sender.is_closed() {
-                idle.push_front(sender);
+                idle.push_front((sender, since));
             }
         }
         None
     }
 
-    /// Returns a connection after a complete exchange.
+    /// Returns a connection after a complete exchange, and closes those idle too long.
     pub fn put(&self, sender: SendRequest<Incoming>) {
         if sender.is_closed() {
             return;
         }
+        let now = Instant::now();
         let mut idle = self.idle.lock();
+        while idle
+            .front()
+            .is_some_and(|(_, since)| now.duration_since(*since) > self.max_idle)
+        {
+            idle.pop_front();
+        }
         if idle.len() < MAX_IDLE_PER_SERVER {
-            idle.push_back(sender);
+            idle.push_back((sender, now));
         }
     }
 

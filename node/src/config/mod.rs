@@ -242,6 +242,9 @@ pub struct Limits {
     pub response_timeout: Duration,
     /// Interval between DNS resolutions of server names.
     pub dns_refresh: Duration,
+    /// How long an idle pooled backend connection may be reused; older ones are closed
+    /// rather than risk the server closing them as a request is sent.
+    pub pool_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -255,6 +258,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
             dns_refresh: Duration::from_secs(30),
+            pool_idle_timeout: Duration::from_secs(4),
         }
     }
 }
@@ -529,6 +533,7 @@ impl Config {
             connect_timeout: dur(l.connect_timeout),
             response_timeout: dur(l.response_timeout),
             dns_refresh: dur(l.dns_refresh),
+            pool_idle_timeout: dur(l.pool_idle_timeout),
         };
         let path = |p: &Path| Some(p.display().to_string());
         FileConfig {
@@ -764,6 +769,11 @@ fn limits(path: &str, raw: Option<&LimitsSection>, base: &Limits) -> Result<Limi
             &p("dns_refresh"),
             raw.dns_refresh.as_ref(),
             base.dns_refresh,
+        )?,
+        pool_idle_timeout: duration(
+            &p("pool_idle_timeout"),
+            raw.pool_idle_timeout.as_ref(),
+            base.pool_idle_timeout,
         )?,
     })
 }

@@ -122,6 +122,8 @@ pub struct LimitsSection {
     pub response_timeout: Option<String>,
     /// Interval between DNS resolutions of server names.
     pub dns_refresh: Option<String>,
+    /// How long an idle pooled backend connection may be reused.
+    pub pool_idle_timeout: Option<String>,
 }
 
 /// `[[table]]`
