@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use sluice_sync::{NodeClock, Tables};
+
 use crate::backend::{Backend, Background};
 use crate::config::FrontendConfig;
 use crate::conn;
@@ -37,6 +39,10 @@ pub struct Frontend {
     /// Tracks client connections that outlive their task (HTTP upgrades), so draining waits
     /// for them.
     pub tunnels: TaskTracker,
+    /// The node's stick tables (rules track keys in them).
+    pub tables: Arc<Tables>,
+    /// The clock the tables run on.
+    pub clock: NodeClock,
     /// The `max_connections` cap.
     conns: Arc<Semaphore>,
 }
@@ -58,10 +64,9 @@ impl Frontend {
         backend: Arc<Backend>,
         metrics: Arc<FrontendMetrics>,
         tls: Option<TlsAcceptor>,
-        node_name: &str,
-        bg: Background,
-        tunnels: TaskTracker,
+        node: &NodeHandles,
     ) -> Frontend {
+        let node_name = &node.name;
         let via = config
             .via
             .then(|| HeaderValue::from_str(&format!("1.1 {node_name}")).ok())
@@ -73,11 +78,28 @@ impl Frontend {
             metrics,
             tls,
             via,
-            bg,
+            bg: node.bg.clone(),
             conns,
-            tunnels,
+            tunnels: node.tunnels.clone(),
+            tables: node.tables.clone(),
+            clock: node.clock,
         }
     }
+}
+
+/// What every frontend shares with its node.
+#[derive(Debug, Clone)]
+pub struct NodeHandles {
+    /// The node's name (for `Via`).
+    pub name: String,
+    /// Owner of backend connection drivers.
+    pub bg: Background,
+    /// Tracks client connections that outlive their task.
+    pub tunnels: TaskTracker,
+    /// The stick tables.
+    pub tables: Arc<Tables>,
+    /// The clock the tables run on.
+    pub clock: NodeClock,
 }
 
 /// A bound frontend socket and the frontend its accept loop currently serves.

@@ -13,9 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use sluice_sync::{NodeClock, OriginName, ReconcileError, Tables};
+
 use crate::backend::{Backend, Background};
 use crate::config::Config;
-use crate::listener::{self, Frontend, Listener};
+use crate::listener::{self, Frontend, Listener, NodeHandles};
 use crate::metrics::Registry;
 use crate::tls::{self, TlsError};
 
@@ -72,6 +74,12 @@ pub enum NodeError {
     /// The node has stopped and takes no new config.
     #[error("the node is shutting down")]
     Stopping,
+    /// A table's definition changed on reload (its contents would be lost).
+    #[error(transparent)]
+    Tables(#[from] ReconcileError),
+    /// `node.state_dir` cannot be used.
+    #[error("node.state_dir: {0}")]
+    StateDir(String),
 }
 
 /// Health and load of one backend server, as the node sees it now.
@@ -106,6 +114,10 @@ struct Shared {
     /// Serialises reloads (held across the awaits of one reload, never on the request path).
     reload: tokio::sync::Mutex<()>,
     metrics_addr: Option<SocketAddr>,
+    /// The stick tables, kept across reloads.
+    tables: Arc<Tables>,
+    /// The one clock the tables are driven by.
+    clock: NodeClock,
 }
 
 #[derive(Debug)]
@@ -135,6 +147,21 @@ impl Node {
             })?),
         };
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let clock = NodeClock::new();
+        let tables = Arc::new(Tables::new(
+            OriginName {
+                node: config.node.name.clone(),
+                incarnation: incarnation(&config, &clock)?,
+            },
+            config.sync.as_ref().map_or(5_000, |s| {
+                s.dead_after.as_millis().min(u128::from(u32::MAX)) as u32
+            }),
+        ));
+        bg.tracker.spawn(sluice_sync::sweeper::run(
+            tables.clone(),
+            clock,
+            bg.token.clone(),
+        ));
         let node = Node {
             shared: Arc::new(Shared {
                 token,
@@ -149,6 +176,8 @@ impl Node {
                 }),
                 reload: tokio::sync::Mutex::new(()),
                 metrics_addr,
+                tables,
+                clock,
             }),
         };
         if let Err(e) = node.apply(config.clone()).await {
@@ -202,6 +231,7 @@ impl Node {
         let _serial = sh.reload.lock().await;
 
         // Everything that can fail happens before anything changes.
+        sh.tables.check(&config.tables)?;
         let mut acceptors = Vec::with_capacity(config.frontends.len());
         for fe in &config.frontends {
             let acceptor = match &fe.tls {
@@ -245,6 +275,14 @@ impl Node {
         }
 
         // Commit.
+        sh.tables.reconcile(config.tables.clone())?;
+        let handles = NodeHandles {
+            name: config.node.name.clone(),
+            bg: sh.bg.clone(),
+            tunnels: sh.conns.clone(),
+            tables: sh.tables.clone(),
+            clock: sh.clock,
+        };
         let mut st = sh.state.lock();
         for (fe, acceptor) in config.frontends.iter().zip(acceptors) {
             let frontend = Arc::new(Frontend::new(
@@ -252,9 +290,7 @@ impl Node {
                 backends[fe.backend].clone(),
                 sh.registry.frontend(&fe.name),
                 acceptor,
-                &config.node.name,
-                sh.bg.clone(),
-                sh.conns.clone(),
+                &handles,
             ));
             match sockets.remove(&fe.name) {
                 None => {
@@ -342,6 +378,16 @@ impl Node {
         drained
     }
 
+    /// The node's stick tables.
+    pub fn tables(&self) -> &Arc<Tables> {
+        &self.shared.tables
+    }
+
+    /// The clock the node's tables run on.
+    pub fn clock(&self) -> NodeClock {
+        self.shared.clock
+    }
+
     /// The node's phase, as a channel to wait on.
     pub fn phase(&self) -> watch::Receiver<Phase> {
         self.shared.phase.subscribe()
@@ -389,5 +435,15 @@ impl Node {
             active: s.active(),
             idle: s.pool.len(),
         })
+    }
+}
+
+/// This start's incarnation: persisted in `state_dir` so it grows across restarts; without a
+/// state directory, the wall clock (a node restarted within the same millisecond would reuse it).
+fn incarnation(config: &Config, clock: &NodeClock) -> Result<u64, NodeError> {
+    match &config.node.state_dir {
+        Some(dir) => sluice_sync::replication::next_incarnation(dir, clock.wall_ms())
+            .map_err(|e| NodeError::StateDir(e.to_string())),
+        None => Ok(clock.wall_ms()),
     }
 }

@@ -94,17 +94,7 @@ impl Tables {
     /// exists with another definition, nothing changes and the error says which.
     pub fn reconcile(&self, schemas: Vec<TableSchema>) -> Result<(), ReconcileError> {
         let mut map = self.map.write();
-        for s in &schemas {
-            if let Some(t) = map.get(&s.name)
-                && t.schema() != s
-            {
-                return Err(ReconcileError::SchemaChanged {
-                    name: s.name.clone(),
-                    old: describe(t.schema()),
-                    new: describe(s),
-                });
-            }
-        }
+        check(&map, &schemas)?;
         let listener = self.listener.read().clone();
         let mut next = BTreeMap::new();
         for s in schemas {
@@ -122,6 +112,26 @@ impl Tables {
         }
         *map = Arc::new(next);
         Ok(())
+    }
+
+    /// Whether [`Tables::reconcile`] would accept `schemas`, changing nothing: a reload checks
+    /// everything that can fail before it changes anything.
+    pub fn check(&self, schemas: &[TableSchema]) -> Result<(), ReconcileError> {
+        check(&self.map.read(), schemas)
+    }
+
+    /// Whether reconciling with `schemas` would change the set of replicated tables (then
+    /// replication sessions must restart to compare schemas again).
+    pub fn replicated_set_differs(&self, schemas: &[TableSchema]) -> bool {
+        let mut now: Vec<String> = self.schemas();
+        let mut next: Vec<String> = schemas
+            .iter()
+            .filter(|s| s.sync)
+            .map(|s| s.fingerprint())
+            .collect();
+        now.sort();
+        next.sort();
+        now != next
     }
 
     /// Installs the change listener on every table, present and future.
@@ -158,6 +168,24 @@ pub fn digest(schemas: &[String]) -> String {
         }
     }
     format!("{h:016x}")
+}
+
+fn check(
+    map: &BTreeMap<String, Arc<Table>>,
+    schemas: &[TableSchema],
+) -> Result<(), ReconcileError> {
+    for s in schemas {
+        if let Some(t) = map.get(&s.name)
+            && t.schema() != s
+        {
+            return Err(ReconcileError::SchemaChanged {
+                name: s.name.clone(),
+                old: describe(t.schema()),
+                new: describe(s),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn describe(s: &TableSchema) -> String {
