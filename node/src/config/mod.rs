@@ -147,6 +147,8 @@ pub struct SyncConfig {
     pub flush_interval: Duration,
     /// Silence after which a peer's gauges stop counting.
     pub dead_after: Duration,
+    /// How long to wait for a first snapshot from a peer before turning ready anyway.
+    pub ready_wait: Duration,
 }
 
 /// A seed peer.
@@ -566,6 +568,7 @@ impl Config {
                     .collect(),
                 flush_interval: dur(s.flush_interval),
                 dead_after: dur(s.dead_after),
+                ready_wait: dur(s.ready_wait),
             }),
             defaults: limits(&self.defaults),
             tables: self
@@ -852,6 +855,12 @@ impl TryFrom<FileConfig> for Config {
                         "replication is always mutually authenticated: add a [tls] section",
                     ));
                 }
+                if node.state_dir.is_none() {
+                    return Err(field_err(
+                        "node.state_dir",
+                        "replication needs a state directory (membership and incarnation live there)",
+                    ));
+                }
                 let mut peers = Vec::with_capacity(s.peers.len());
                 let mut seen = HashSet::new();
                 for (i, p) in s.peers.iter().enumerate() {
@@ -886,6 +895,11 @@ impl TryFrom<FileConfig> for Config {
                         "sync.dead_after",
                         s.dead_after.as_ref(),
                         Duration::from_secs(5),
+                    )?,
+                    ready_wait: duration(
+                        "sync.ready_wait",
+                        s.ready_wait.as_ref(),
+                        Duration::from_secs(10),
                     )?,
                 })
             }

@@ -90,6 +90,8 @@ pub struct SyncSection {
     pub flush_interval: Option<String>,
     /// Silence after which a peer's gauges stop counting.
     pub dead_after: Option<String>,
+    /// How long to wait for a first snapshot before turning ready with local state.
+    pub ready_wait: Option<String>,
 }
 
 /// One element of `sync.peers`.

@@ -4,6 +4,7 @@ const GOOD: &str = r#"
 [node]
 name = "edge-1"
 threads = 1
+state_dir = "/var/lib/sluice"
 
 [metrics]
 listen = "127.0.0.1:9100"
