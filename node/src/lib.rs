@@ -19,6 +19,7 @@
 
 pub mod admin;
 pub mod backend;
+mod cluster;
 pub mod config;
 mod conn;
 mod http_proxy;

@@ -137,6 +137,8 @@ async fn run(path: PathBuf, config: Config) -> anyhow::Result<ExitCode> {
 
 async fn reload(node: &Node, path: &Path) {
     info!(config = %path.display(), "reloading config");
+    // Certificates rotate on SIGHUP whether or not the config file changed.
+    node.reload_tls();
     match Config::load(path, std::env::vars()) {
         Err(error) => error!(%error, "new config refused; the running config stays"),
         Ok(config) => match node.reload(config).await {

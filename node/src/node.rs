@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use sluice_sync::{NodeClock, OriginName, ReconcileError, Tables};
 
 use crate::backend::{Backend, Background};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::listener::{self, Frontend, Listener, NodeHandles};
 use crate::metrics::Registry;
@@ -80,6 +81,9 @@ pub enum NodeError {
     /// `node.state_dir` cannot be used.
     #[error("node.state_dir: {0}")]
     StateDir(String),
+    /// Replication or the admin API cannot start.
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// Health and load of one backend server, as the node sees it now.
@@ -118,6 +122,8 @@ struct Shared {
     tables: Arc<Tables>,
     /// The one clock the tables are driven by.
     clock: NodeClock,
+    /// Replication and the admin API.
+    cluster: Arc<Cluster>,
 }
 
 #[derive(Debug)]
@@ -162,6 +168,8 @@ impl Node {
             clock,
             bg.token.clone(),
         ));
+        let started = tokio::time::Instant::now();
+        let cluster = Arc::new(Cluster::start(&config, tables.clone(), clock, started).await?);
         let node = Node {
             shared: Arc::new(Shared {
                 token,
@@ -178,9 +186,11 @@ impl Node {
                 metrics_addr,
                 tables,
                 clock,
+                cluster: cluster.clone(),
             }),
         };
         if let Err(e) = node.apply(config.clone()).await {
+            cluster.stop().await;
             node.shared.bg.token.cancel();
             return Err(e);
         }
@@ -190,6 +200,7 @@ impl Node {
                 registry,
                 config.node.name.clone(),
                 node.shared.phase.subscribe(),
+                cluster,
                 bg,
             );
             if let Some(addr) = metrics_addr {
@@ -216,7 +227,14 @@ impl Node {
         if old.metrics != config.metrics {
             warn!("metrics.listen changes only on restart");
         }
+        let replicated_changed = self.shared.tables.replicated_set_differs(&config.tables);
+        let new = config.clone();
         let res = self.apply(config).await;
+        if res.is_ok() {
+            self.shared
+                .cluster
+                .reconfigured(&old, &new, replicated_changed);
+        }
         let counter = if res.is_ok() {
             &self.shared.registry.reloads_ok
         } else {
@@ -370,12 +388,35 @@ impl Node {
         if !drained {
             warn!("drain timeout: closing the remaining connections");
         }
+        // After the frontends: the changes of the last requests still reach the peers.
+        sh.cluster.stop().await;
         sh.bg.token.cancel();
         sh.bg.tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(1), sh.bg.tracker.wait()).await;
         sh.phase.send_replace(Phase::Stopped);
         info!("stopped");
         drained
+    }
+
+    /// Re-reads the fleet CA, certificate and key (`SIGHUP`): new replication and admin
+    /// connections use the new files, running ones keep theirs.
+    pub fn reload_tls(&self) {
+        self.shared.cluster.reload_tls();
+    }
+
+    /// The node's replication, when `[sync]` is configured.
+    pub fn replicator(&self) -> Option<&sluice_sync::replication::Replicator> {
+        self.shared.cluster.replicator()
+    }
+
+    /// Where the admin API listens, when `[admin]` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.shared.cluster.admin_addr()
+    }
+
+    /// Fleet readiness: the first snapshot from a peer was applied, or none was needed.
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.shared.cluster.ready()
     }
 
     /// The node's stick tables.
@@ -416,9 +457,12 @@ impl Node {
     /// The metrics in Prometheus text format, as `/metrics` serves them.
     pub fn render_metrics(&self) -> String {
         let name = self.config().node.name;
-        self.shared
+        let mut out = self
+            .shared
             .registry
-            .render(&name, self.shared.phase.borrow().as_str())
+            .render(&name, self.shared.phase.borrow().as_str());
+        self.shared.cluster.render(&mut out);
+        out
     }
 
     /// Health and load of a server of a backend in force.

@@ -1,5 +1,6 @@
 //! The operations endpoint on `metrics.listen`: `/metrics` (Prometheus text), `/healthz`
-//! (the process is alive) and `/readyz` (the node is serving; 503 while starting or draining).
+//! (the process is alive) and `/readyz` (the node is serving and, when it replicates, has
+//! applied a first snapshot from a peer; 503 otherwise).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use crate::backend::Background;
+use crate::cluster::Cluster;
 use crate::metrics::Registry;
 use crate::node::Phase;
 
@@ -25,6 +27,7 @@ pub(crate) fn spawn(
     registry: Arc<Registry>,
     node_name: String,
     phase: watch::Receiver<Phase>,
+    cluster: Arc<Cluster>,
     bg: Background,
 ) {
     let tracker = bg.tracker.clone();
@@ -44,10 +47,11 @@ pub(crate) fn spawn(
             let registry = registry.clone();
             let name = node_name.clone();
             let phase = phase.clone();
+            let cluster = cluster.clone();
             let token = bg.token.clone();
             bg.tracker.spawn(async move {
                 let svc = service_fn(move |req| {
-                    let resp = answer(&req, &registry, &name, *phase.borrow());
+                    let resp = answer(&req, &registry, &cluster, &name, *phase.borrow());
                     async move { Ok::<_, Infallible>(resp) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
@@ -65,16 +69,22 @@ pub(crate) fn spawn(
 fn answer(
     req: &Request<Incoming>,
     registry: &Registry,
+    cluster: &Cluster,
     node: &str,
     phase: Phase,
 ) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match req.uri().path() {
-        "/metrics" => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            registry.render(node, phase.as_str()),
-        ),
+        "/metrics" => {
+            let mut body = registry.render(node, phase.as_str());
+            cluster.render(&mut body);
+            (StatusCode::OK, "text/plain; version=0.0.4", body)
+        }
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        "/readyz" if phase == Phase::Serving && !*cluster.ready().borrow() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "waiting for a first snapshot from a peer\n".to_owned(),
+        ),
         "/readyz" if phase == Phase::Serving => {
             (StatusCode::OK, "text/plain", "ready\n".to_owned())
         }

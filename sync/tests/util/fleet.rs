@@ -1,77 +1,20 @@
 //! Real nodes in one test process: certificates generated with rcgen, replication over real
 //! mutual TLS on loopback, links between peers through a TCP relay the test can cut and heal.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use sluice_sync::replication::{ReplicationConfig, Replicator, TlsPaths, next_incarnation};
 use sluice_sync::{NodeClock, OriginName, TableSchema, Tables};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-/// A fleet CA and the certificates it issues, in a temporary directory.
-pub struct Ca {
-    pub dir: PathBuf,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Ca {
-    pub fn new(dir: &Path, label: &str) -> Ca {
-        std::fs::create_dir_all(dir).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("test fleet CA {label}"));
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let cert = params.self_signed(&key).unwrap();
-        std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
-        Ca {
-            dir: dir.into(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// Writes `NAME.pem`/`NAME.key` for a node certificate naming `name`.
-    pub fn node(&self, name: &str) -> TlsPaths {
-        self.node_as(name, name)
-    }
-
-    /// Writes files called `file` holding a certificate that names `cert_name`.
-    pub fn node_as(&self, file: &str, cert_name: &str) -> TlsPaths {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![cert_name.to_string()]).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, cert_name);
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let paths = TlsPaths {
-            ca: self.dir.join("ca.pem"),
-            cert: self.dir.join(format!("{file}.pem")),
-            key: self.dir.join(format!("{file}.key")),
-        };
-        std::fs::write(&paths.cert, cert.pem()).unwrap();
-        std::fs::write(&paths.key, key.serialize_pem()).unwrap();
-        paths
-    }
-}
+pub use sluice_sync::testing::{Ca, free_addr};
 
 /// The replicated table of the replication tests.
 pub fn schemas() -> Vec<TableSchema> {
@@ -94,12 +37,6 @@ pub fn schemas() -> Vec<TableSchema> {
         )
         .unwrap(),
     ]
-}
-
-/// A free port on loopback (bound, then released for the node to bind).
-pub fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
 }
 
 /// One node: its tables and its replication.
