@@ -21,6 +21,7 @@ pub mod admin;
 pub mod backend;
 mod cluster;
 pub mod config;
+pub mod demo;
 mod conn;
 mod http_proxy;
 pub mod io;

@@ -34,6 +34,18 @@ struct Args {
 enum Command {
     /// Validate the config and print it with every default filled in.
     Check,
+    /// Start a complete local fleet: three nodes replicating over mutual TLS on loopback,
+    /// three demo backends, a fleet-wide rate limit and stickiness. Ctrl-C stops it.
+    Demo,
+    /// Serve a demo backend that answers every request with its name.
+    Backend {
+        /// The name it answers with.
+        #[arg(long)]
+        name: String,
+        /// Where it listens.
+        #[arg(long, default_value = "0.0.0.0:80")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -54,6 +66,23 @@ fn main() -> ExitCode {
 }
 
 fn real_main(args: Args) -> anyhow::Result<ExitCode> {
+    match &args.command {
+        Some(Command::Demo) => {
+            install_tracing(args.log_format);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            return runtime.block_on(demo());
+        }
+        Some(Command::Backend { name, listen }) => {
+            install_tracing(args.log_format);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            return runtime.block_on(backend(name.clone(), *listen));
+        }
+        _ => {}
+    }
     let path = args
         .config
         .clone()
@@ -133,6 +162,43 @@ async fn run(path: PathBuf, config: Config) -> anyhow::Result<ExitCode> {
         warn!("some connections were cut at the end of the drain period");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn demo() -> anyhow::Result<ExitCode> {
+    let demo = sluice_node::demo::Demo::start().await?;
+    println!("{}", demo.banner());
+    wait_for_stop().await?;
+    info!("stopping the demo");
+    demo.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn backend(name: String, listen: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    info!(%name, %listen, "demo backend");
+    let token = CancellationToken::new();
+    let serve = tokio::spawn(sluice_node::demo::serve_backend(
+        name,
+        listener,
+        token.clone(),
+    ));
+    wait_for_stop().await?;
+    token.cancel();
+    let _ = serve.await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM or Ctrl-C.
+async fn wait_for_stop() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
 }
 
 async fn reload(node: &Node, path: &Path) {

@@ -7,7 +7,7 @@ mod util;
 use std::time::Duration;
 
 use sluice_node::{Config, Node};
-use sluice_sync::testing::{Ca, free_addr};
+use sluice_sync::certs::{Ca, free_addr};
 use sluice_sync::{DataType, Event, KeyType};
 use tokio_util::sync::CancellationToken;
 use util::{TestBackend, get, wait_until};

@@ -31,8 +31,8 @@ mod shard;
 pub mod sweeper;
 pub mod table;
 pub mod tables;
-#[cfg(feature = "testing")]
-pub mod testing;
+#[cfg(feature = "certs")]
+pub mod certs;
 pub mod wire;
 
 pub use clock::{Hlc, NodeClock, Stamp, Tick};

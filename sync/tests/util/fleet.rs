@@ -14,7 +14,7 @@ use sluice_sync::{NodeClock, OriginName, TableSchema, Tables};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-pub use sluice_sync::testing::{Ca, free_addr};
+pub use sluice_sync::certs::{Ca, free_addr};
 
 /// The replicated table of the replication tests.
 pub fn schemas() -> Vec<TableSchema> {
