@@ -21,11 +21,11 @@ use crate::io::Prefixed;
 use crate::listener::Frontend;
 use crate::metrics::{ConnError, Outcome};
 use crate::proxy_protocol::{self, Header};
-use crate::rules::{self, Verdict};
+use crate::rules::track::ConnTracks;
 use crate::{http_proxy, tcp_proxy};
 
-/// What the request path knows about a client connection. Rules (a later issue) read the
-/// client address from here.
+/// What the request path knows about a client connection: the client address rules and
+/// stickiness read, and the stick counters the connection rules tracked.
 #[derive(Debug)]
 pub struct ConnCtx {
     /// The client: the peer address, or the source of a PROXY protocol header.
@@ -43,10 +43,24 @@ pub struct ConnCtx {
     pub(crate) forwarded: HeaderValue,
     /// Requests in flight and the time of the last one's end.
     pub(crate) activity: Activity,
+    /// Entries tracked by the connection rules; dropping them (with the connection) ends the
+    /// connection in their `conn_cur`.
+    pub(crate) tracks: ConnTracks,
+    /// Fires when the node drains (a tarpit then answers at once).
+    pub(crate) shutdown: CancellationToken,
+    /// Tick of the last refresh of the client's sticky entry, 0 for none.
+    pub(crate) stick_touched: AtomicU32,
 }
 
 impl ConnCtx {
-    fn new(client: SocketAddr, local: SocketAddr, tls: bool, frontend: Arc<Frontend>) -> ConnCtx {
+    fn new(
+        client: SocketAddr,
+        local: SocketAddr,
+        tls: bool,
+        frontend: Arc<Frontend>,
+        tracks: ConnTracks,
+        shutdown: CancellationToken,
+    ) -> ConnCtx {
         let ip = client.ip();
         let xff =
             HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
@@ -65,6 +79,9 @@ impl ConnCtx {
             xff,
             forwarded,
             activity: Activity::new(),
+            tracks,
+            shutdown,
+            stick_touched: AtomicU32::new(0),
         }
     }
 }
@@ -211,10 +228,32 @@ pub(crate) async fn handle(
             debug!(client.real = %client, "PROXY header");
         }
 
-        let ctx = Arc::new(ConnCtx::new(client, local, fe.tls.is_some(), fe.clone()));
-        match rules::on_connection(&ctx) {
-            Verdict::Continue => fe.metrics.conn_opened(Outcome::Allowed),
-        }
+        // Connection rules run before a byte of the client's own is read (only the PROXY
+        // header, which names the client, came first).
+        let mut tracks = ConnTracks::new(fe.clock);
+        let outcome = match &fe.rules {
+            None => Outcome::Allowed,
+            Some(engine) => {
+                let (go, outcome) = engine.on_connection(client.ip(), &mut tracks);
+                if !go {
+                    fe.metrics.conn_opened(outcome);
+                    debug!("connection rejected by a rule");
+                    // Dropping the stream closes it unread; dropping `tracks` ends the
+                    // connection in the tracked entries.
+                    return;
+                }
+                outcome
+            }
+        };
+        fe.metrics.conn_opened(outcome);
+        let ctx = Arc::new(ConnCtx::new(
+            client,
+            local,
+            fe.tls.is_some(),
+            fe.clone(),
+            tracks,
+            token.clone(),
+        ));
 
         match &fe.tls {
             Some(acceptor) => {

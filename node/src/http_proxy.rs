@@ -1,11 +1,11 @@
 //! HTTP reverse proxying: the per-connection server (HTTP/1.1, or HTTP/2 after TLS ALPN), the
 //! per-request path, and the response body that hands backend connections back to their pool.
 //!
-//! The request path does no map lookups, takes no lock except the server pool's, and formats
-//! nothing per request except when a client already sent `X-Forwarded-For`/`Forwarded`: the
+//! The request path does no map lookups, takes no lock except the server pool's and the stick
+//! tables' shards (when rules or stickiness use them), and formats nothing per request except
+//! when a client already sent `X-Forwarded-For`/`Forwarded` or a rate rule answers `429`: the
 //! client-address header values are built once per connection.
 
-use std::convert::Infallible;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -26,10 +26,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug};
 
+use crate::backend::stick::Stuck;
 use crate::backend::{ActiveGuard, Server, connect_http};
 use crate::conn::{Activity, ConnCtx, watchdog};
+use crate::io::ReqBody;
 use crate::metrics::Outcome;
-use crate::rules::{self, Verdict};
+use crate::rules::track::{Meter, Tracks};
+use crate::rules::{self, Decision, RateLimitInfo};
 use crate::tcp_proxy;
 
 /// Stale pooled connections tried before giving up on a request (each is found closed only
@@ -40,6 +43,18 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// The longest a tarpit sleeps between marks of the request as alive, so the connection's
+/// stall watchdog does not take a long tarpit for a stuck exchange.
+const TARPIT_STEP: Duration = Duration::from_secs(1);
+
+/// A request closed by a `reject` rule: hyper then closes the connection (or resets the
+/// HTTP/2 stream) without an answer.
+#[derive(Debug, thiserror::Error)]
+#[error("request rejected by a rule")]
+struct Rejected;
 
 /// Serves one client connection until it closes, idles out, or drains after `token` fires.
 pub(crate) async fn serve<IO>(io: IO, ctx: Arc<ConnCtx>, token: CancellationToken, h2: bool)
@@ -146,7 +161,7 @@ async fn drive<C: Graceful>(mut conn: Pin<&mut C>, ctx: &ConnCtx, token: &Cancel
 async fn handle(
     ctx: Arc<ConnCtx>,
     req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Result<Response<ProxyBody>, Rejected> {
     let start = Instant::now();
     ctx.activity.begin(start);
     // Ends the request in the connection's activity even if hyper drops this future (a client
@@ -154,22 +169,89 @@ async fn handle(
     let in_flight = InFlight(ctx);
     let ctx = &in_flight.0;
     let fe = &ctx.frontend;
-    let outcome = Outcome::Allowed;
-    let resp = match rules::on_request(ctx, &req) {
-        Verdict::Continue => {
+    // The entries this request's rules track, for its life.
+    let mut own = Tracks::default();
+    let (decision, outcome) = match &fe.rules {
+        None => (Decision::Forward, Outcome::Allowed),
+        Some(engine) => engine.on_request(ctx, &req, &mut own),
+    };
+    let resp = match decision {
+        Decision::Forward => {
             if req.method() == Method::CONNECT {
                 local(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n")
             } else {
-                forward(ctx, req).await
+                forward(ctx, req, &mut own).await
             }
+        }
+        Decision::Deny { status, rate_limit } => {
+            drop(req);
+            deny(ctx, &own, status, rate_limit)
+        }
+        Decision::Tarpit { delay, rate_limit } => {
+            drop(req);
+            hold(ctx, delay).await;
+            deny(ctx, &own, 429, rate_limit)
+        }
+        Decision::Reject => {
+            fe.metrics.request_rejected();
+            debug!("request rejected by a rule");
+            return Err(Rejected);
         }
     };
     let status = resp.status().as_u16();
     fe.metrics.request(status, outcome);
     fe.metrics.latency.observe(start.elapsed());
     let (parts, mut body) = resp.into_parts();
+    if fe.rules.is_some() {
+        body.meter = Meter::new(&[&ctx.tracks.tracks, &own], false, fe.clock);
+    }
     body.conn = Some(in_flight);
     Ok(Response::from_parts(parts, body))
+}
+
+/// Holds a tarpitted request for `delay`, or until the node drains. No lock is held; the
+/// request is marked alive every [`TARPIT_STEP`] for the connection's watchdog.
+async fn hold(ctx: &ConnCtx, delay: Duration) {
+    let end = Instant::now() + delay;
+    loop {
+        let step = (Instant::now() + TARPIT_STEP).min(end);
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            _ = tokio::time::sleep_until(step) => {}
+        }
+        if Instant::now() >= end {
+            return;
+        }
+        ctx.activity.touch();
+    }
+}
+
+/// The answer of a `deny` (or, with 429, of a `tarpit`): the status, and for a `429` caused
+/// by a rate threshold the `RateLimit-Policy`, `RateLimit` and `Retry-After` headers.
+fn deny(
+    ctx: &ConnCtx,
+    own: &Tracks,
+    status: u16,
+    rate_limit: Option<RateLimitInfo>,
+) -> Response<ProxyBody> {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+    let text = match status {
+        429 => "too many requests\n",
+        403 => "forbidden\n",
+        _ => "request denied\n",
+    };
+    let mut resp = local(code, text);
+    if status == 429
+        && let Some(info) = rate_limit
+        && let Some(h) =
+            rules::rate_headers(&info, &ctx.tracks.tracks, own, ctx.frontend.clock.tick())
+    {
+        let headers = resp.headers_mut();
+        headers.insert(RATELIMIT_POLICY.clone(), h.policy);
+        headers.insert(RATELIMIT.clone(), h.limit);
+        headers.insert(header::RETRY_AFTER, h.retry_after);
+    }
+    resp
 }
 
 /// A request in flight on a client connection; ends it in the connection's activity when
@@ -190,9 +272,23 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-async fn forward(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<ProxyBody> {
+async fn forward(
+    ctx: &Arc<ConnCtx>,
+    req: Request<Incoming>,
+    own: &mut Tracks,
+) -> Response<ProxyBody> {
     let fe = &ctx.frontend;
     let backend = &fe.backend;
+    let client = ctx.client.ip();
+    let meter = match &fe.rules {
+        Some(_) => Meter::new(&[&ctx.tracks.tracks, own], true, fe.clock),
+        None => None,
+    };
+    let mut req = req.map(|b| ReqBody::new(b, meter));
+    let stuck = match &fe.stick {
+        Some(s) => s.lookup(backend, client, Some(req.headers()), fe.clock.tick()),
+        None => Stuck::default(),
+    };
     // An HTTP/1.1 upgrade (WebSocket): the backend sees the Upgrade headers, and after its
     // 101 both connections become one byte tunnel.
     let mut upgrade = upgrade_request(&mut req);
@@ -206,7 +302,12 @@ async fn forward(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<ProxyBod
     let mut excluded: Option<Arc<Server>> = None;
     let mut stale = 0;
     loop {
-        let Some(server) = backend.select(ctx.client.ip(), excluded.as_deref()) else {
+        // The server the client sticks to, unless it just failed; else the balancer's pick.
+        let pick = match stuck.server {
+            Some(s) if excluded.is_none() => Some(s),
+            _ => backend.select(client, excluded.as_deref()),
+        };
+        let Some(server) = pick else {
             backend.metrics.no_server.fetch_add(1, Relaxed);
             return local(StatusCode::SERVICE_UNAVAILABLE, "no server available\n");
         };
@@ -234,14 +335,22 @@ async fn forward(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<ProxyBod
         let server = guard.server();
         match result {
             Ok(Ok(resp)) => {
-                server.metrics.response(resp.status().as_u16());
+                let status = resp.status().as_u16();
+                server.metrics.response(status);
+                if (400..500).contains(&status) && fe.rules.is_some() {
+                    rules::count_backend_error(ctx, own);
+                }
+                let set_cookie = fe
+                    .stick
+                    .as_ref()
+                    .and_then(|s| s.commit(&stuck, server, client, &ctx.stick_touched, fe.clock));
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     return match upgrade.take() {
-                        Some((_, client)) => switch_protocols(ctx, resp, client, sender, guard),
+                        Some((_, on)) => switch_protocols(ctx, own, resp, on, sender, guard),
                         None => local(StatusCode::BAD_GATEWAY, "bad gateway\n"),
                     };
                 }
-                return proxied_response(ctx, resp, sender, guard);
+                return proxied_response(ctx, resp, sender, guard, set_cookie);
             }
             Ok(Err(mut e)) => {
                 if let Some(back) = e.take_message() {
@@ -266,7 +375,7 @@ async fn forward(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<ProxyBod
 }
 
 /// The protocol an HTTP/1.1 request asks to upgrade to, and the handle to its connection.
-fn upgrade_request(req: &mut Request<Incoming>) -> Option<(HeaderValue, OnUpgrade)> {
+fn upgrade_request<B>(req: &mut Request<B>) -> Option<(HeaderValue, OnUpgrade)> {
     if req.version() != Version::HTTP_11 {
         return None;
     }
@@ -281,17 +390,33 @@ fn upgrade_request(req: &mut Request<Incoming>) -> Option<(HeaderValue, OnUpgrad
 }
 
 /// Answers the client with the backend's 101 and joins the two connections once both have
-/// switched. The tunnel is tracked with the client connections, so draining waits for it.
+/// switched. The tunnel is tracked with the client connections, so draining waits for it. It
+/// keeps the connection's context, so tracked entries count the connection until the tunnel
+/// closes, and it counts the bytes it moves.
 fn switch_protocols(
-    ctx: &ConnCtx,
+    ctx: &Arc<ConnCtx>,
+    own: &Tracks,
     mut resp: Response<Incoming>,
     client: OnUpgrade,
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<ReqBody>,
     guard: ActiveGuard,
 ) -> Response<ProxyBody> {
     let backend = hyper::upgrade::on(&mut resp);
     let idle = ctx.frontend.config.limits.idle_timeout;
+    let meters = match &ctx.frontend.rules {
+        Some(_) => {
+            let sets = [&ctx.tracks.tracks, own];
+            let clock = ctx.frontend.clock;
+            (
+                Meter::new(&sets, true, clock),
+                Meter::new(&sets, false, clock),
+            )
+        }
+        None => (None, None),
+    };
+    let conn = ctx.clone();
     let tunnel = async move {
+        let _conn = conn;
         let (client, backend) = tokio::join!(client, backend);
         // The backend connection is the tunnel now; it never returns to the pool.
         drop(sender);
@@ -303,7 +428,14 @@ fn switch_protocols(
             }
         };
         let activity = Activity::new();
-        match tcp_proxy::tunnel(TokioIo::new(client), TokioIo::new(backend), &activity, idle).await
+        match tcp_proxy::tunnel(
+            TokioIo::new(client),
+            TokioIo::new(backend),
+            &activity,
+            idle,
+            meters,
+        )
+        .await
         {
             Ok(Some((up, down))) => {
                 debug!(server = %guard.server().name, bytes.up = up, bytes.down = down, "upgraded connection closed")
@@ -334,11 +466,12 @@ fn switch_protocols(
         ProxyBody {
             kind: Kind::Local(None),
             conn: None,
+            meter: None,
         },
     )
 }
 
-fn prepare_request(ctx: &ConnCtx, req: &mut Request<Incoming>) {
+fn prepare_request<B>(ctx: &ConnCtx, req: &mut Request<B>) {
     // HTTP/2 and absolute-form requests carry the authority in the URI; the backend gets
     // origin-form over HTTP/1.1 with a Host header.
     if let Some(authority) = req.uri().authority() {
@@ -418,13 +551,17 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 fn proxied_response(
     ctx: &ConnCtx,
     resp: Response<Incoming>,
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<ReqBody>,
     guard: ActiveGuard,
+    set_cookie: Option<HeaderValue>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     if let Some(via) = &ctx.frontend.via {
         append(&mut parts.headers, &header::VIA, via);
+    }
+    if let Some(cookie) = set_cookie {
+        parts.headers.append(header::SET_COOKIE, cookie);
     }
     Response::from_parts(
         parts,
@@ -434,6 +571,7 @@ fn proxied_response(
                 release: Some((sender, guard)),
             },
             conn: None,
+            meter: None,
         },
     )
 }
@@ -442,6 +580,7 @@ fn local(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody {
         kind: Kind::Local(Some(Bytes::from_static(text.as_bytes()))),
         conn: None,
+        meter: None,
     });
     *resp.status_mut() = status;
     resp.headers_mut()
@@ -458,13 +597,15 @@ fn local(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
 pub(crate) struct ProxyBody {
     kind: Kind,
     conn: Option<InFlight>,
+    /// Counts the body into tracked entries that store `bytes_out_*`.
+    meter: Option<Meter>,
 }
 
 #[derive(Debug)]
 enum Kind {
     Upstream {
         body: Incoming,
-        release: Option<(SendRequest<Incoming>, ActiveGuard)>,
+        release: Option<(SendRequest<ReqBody>, ActiveGuard)>,
     },
     Local(Option<Bytes>),
 }
@@ -498,9 +639,14 @@ impl Body for ProxyBody {
         match &polled {
             Poll::Ready(None) => this.finish(true),
             Poll::Ready(Some(Err(_))) => this.finish(false),
-            Poll::Ready(Some(Ok(_))) => {
+            Poll::Ready(Some(Ok(frame))) => {
                 if let Some(conn) = &this.conn {
                     conn.0.activity.touch();
+                }
+                if let Some(m) = &mut this.meter
+                    && let Some(data) = frame.data_ref()
+                {
+                    m.count(data.len());
                 }
             }
             Poll::Pending => {}

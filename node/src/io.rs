@@ -1,11 +1,14 @@
-//! Small I/O adapters for client connections.
+//! Small I/O adapters for client connections and their request bodies.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::rules::track::Meter;
 
 /// A stream that first yields bytes already read from it (those that followed a PROXY
 /// protocol header), then reads from the stream itself.
@@ -70,5 +73,47 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A request body on its way to a backend, counting its bytes into the tracked entries that
+/// store `bytes_in_*` (one table operation per chunk) when there are any.
+#[derive(Debug)]
+pub struct ReqBody {
+    inner: Incoming,
+    meter: Option<Meter>,
+}
+
+impl ReqBody {
+    /// Wraps a client's request body.
+    pub(crate) fn new(inner: Incoming, meter: Option<Meter>) -> ReqBody {
+        ReqBody { inner, meter }
+    }
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let (Some(m), Poll::Ready(Some(Ok(frame)))) = (&mut this.meter, &polled)
+            && let Some(data) = frame.data_ref()
+        {
+            m.count(data.len());
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -15,14 +15,15 @@
 //! - [`backend`]: servers, DNS, health checks, balancing, connection pools.
 //! - [`metrics`] and `ops`: atomics on the hot path, Prometheus text on scrape.
 //! - [`admin`]: the admin API (`sluice.admin.v1`) that `sluicectl` speaks.
-//! - `rules`: where the rules engine (a later issue) plugs into the request path.
+//! - [`rules`]: the rules language and its engine on the request path: tracking into the stick
+//!   tables, `allow`/`deny`/`reject`/`tarpit`, dry runs, the `429` rate headers.
 
 pub mod admin;
 pub mod backend;
 mod cluster;
 pub mod config;
-pub mod demo;
 mod conn;
+pub mod demo;
 mod http_proxy;
 pub mod io;
 mod listener;

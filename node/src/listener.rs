@@ -16,10 +16,12 @@ use tracing::{info, warn};
 
 use sluice_sync::{NodeClock, Tables};
 
+use crate::backend::stick::Sticky;
 use crate::backend::{Backend, Background};
 use crate::config::FrontendConfig;
 use crate::conn;
 use crate::metrics::FrontendMetrics;
+use crate::rules::Engine;
 
 /// A frontend as one config defines it. Connections keep the `Frontend` they were accepted
 /// with; a reload publishes a new one for connections accepted after it.
@@ -43,6 +45,10 @@ pub struct Frontend {
     pub tables: Arc<Tables>,
     /// The clock the tables run on.
     pub clock: NodeClock,
+    /// The rules with their tables resolved; `None` when the frontend has none.
+    pub(crate) rules: Option<Engine>,
+    /// The backend's stickiness with its table resolved.
+    pub(crate) stick: Option<Sticky>,
     /// The `max_connections` cap.
     conns: Arc<Semaphore>,
 }
@@ -72,7 +78,21 @@ impl Frontend {
             .then(|| HeaderValue::from_str(&format!("1.1 {node_name}")).ok())
             .flatten();
         let conns = Arc::new(Semaphore::new(config.limits.max_connections));
+        let rules = Engine::new(
+            &config.rules.compiled,
+            &node.tables,
+            config.dry_run,
+            node.clock,
+            &config.name,
+        );
+        let stick = backend
+            .config
+            .stick
+            .as_ref()
+            .and_then(|s| Sticky::new(s, &backend, &node.tables));
         Frontend {
+            rules,
+            stick,
             config,
             backend,
             metrics,

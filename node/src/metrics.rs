@@ -22,11 +22,10 @@ const BUCKET_MICROS: [u64; 14] = [
     2_500_000, 5_000_000, 10_000_000,
 ];
 
-/// What happened to a request or connection (SPEC §8). Only `Allowed` occurs until the rules
-/// engine arrives; the others are reserved so dashboards keep their labels.
+/// What the rules did with a request or connection (SPEC §8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Passed on to a backend.
+    /// No rule stopped it: passed on to a backend.
     Allowed = 0,
     /// Answered by a `deny` rule.
     Denied = 1,
@@ -34,9 +33,25 @@ pub enum Outcome {
     Rejected = 2,
     /// Held, then answered by a `tarpit` rule.
     Tarpitted = 3,
+    /// `dry_run`: a `deny` rule would have answered it; passed on.
+    DryRunDenied = 4,
+    /// `dry_run`: a `reject` rule would have closed it; passed on.
+    DryRunRejected = 5,
+    /// `dry_run`: a `tarpit` rule would have held it; passed on.
+    DryRunTarpitted = 6,
 }
 
-const OUTCOMES: [&str; 4] = ["allowed", "denied", "rejected", "tarpitted"];
+const OUTCOMES: [&str; 7] = [
+    "allowed",
+    "denied",
+    "rejected",
+    "tarpitted",
+    "dry_run_denied",
+    "dry_run_rejected",
+    "dry_run_tarpitted",
+];
+/// The outcomes a connection can have (connection rules cannot deny or tarpit).
+const CONN_OUTCOMES: [Outcome; 3] = [Outcome::Allowed, Outcome::Rejected, Outcome::DryRunRejected];
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// The index of a status code's class in per-class arrays.
@@ -99,9 +114,11 @@ pub struct FrontendMetrics {
     pub connections: AtomicU64,
     /// Connections currently open.
     pub connections_active: AtomicU64,
-    connections_by_outcome: [AtomicU64; 4],
+    connections_by_outcome: [AtomicU64; 7],
     conn_errors: [AtomicU64; 3],
-    requests: [[AtomicU64; 4]; 5],
+    requests: [[AtomicU64; 7]; 5],
+    /// Requests closed by a `reject` rule: no answer, so no status class.
+    requests_rejected: AtomicU64,
     /// Time from a request head to its response head.
     pub latency: Histogram,
 }
@@ -124,6 +141,29 @@ impl FrontendMetrics {
     #[inline]
     pub fn request(&self, status: u16, outcome: Outcome) {
         self.requests[class_index(status)][outcome as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a request closed by a `reject` rule, without an answer.
+    #[inline]
+    pub fn request_rejected(&self) {
+        self.requests_rejected.fetch_add(1, Relaxed);
+    }
+
+    /// Connections or requests with `outcome` so far (requests: over every status class).
+    pub fn outcome_count(&self, connections: bool, outcome: Outcome) -> u64 {
+        if connections {
+            return self.connections_by_outcome[outcome as usize].load(Relaxed);
+        }
+        let answered: u64 = self
+            .requests
+            .iter()
+            .map(|c| c[outcome as usize].load(Relaxed))
+            .sum();
+        if outcome == Outcome::Rejected {
+            answered + self.requests_rejected.load(Relaxed)
+        } else {
+            answered
+        }
     }
 
     /// Requests answered with a status of the class of `status`, any outcome.
@@ -268,12 +308,13 @@ impl Registry {
         );
         let _ = writeln!(out, "# TYPE sluice_connections_total counter");
         for (name, m) in &h.frontends {
-            for (i, o) in OUTCOMES.iter().enumerate() {
+            for o in CONN_OUTCOMES {
                 let _ = writeln!(
                     out,
-                    "sluice_connections_total{{frontend=\"{}\",outcome=\"{o}\"}} {}",
+                    "sluice_connections_total{{frontend=\"{}\",outcome=\"{}\"}} {}",
                     l(name),
-                    m.connections_by_outcome[i].load(Relaxed)
+                    OUTCOMES[o as usize],
+                    m.connections_by_outcome[o as usize].load(Relaxed)
                 );
             }
         }
@@ -307,7 +348,7 @@ impl Registry {
         }
         let _ = writeln!(
             out,
-            "# HELP sluice_http_requests_total HTTP requests by frontend, status class and outcome."
+            "# HELP sluice_http_requests_total HTTP requests by frontend, status class (none: closed by a reject rule) and outcome."
         );
         let _ = writeln!(out, "# TYPE sluice_http_requests_total counter");
         for (name, m) in &h.frontends {
@@ -321,6 +362,13 @@ impl Registry {
                     );
                 }
             }
+            // A rejected request has no answer, hence no status class.
+            let _ = writeln!(
+                out,
+                "sluice_http_requests_total{{frontend=\"{}\",code=\"none\",outcome=\"rejected\"}} {}",
+                l(name),
+                m.requests_rejected.load(Relaxed)
+            );
         }
         let _ = writeln!(
             out,

@@ -14,8 +14,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::debug;
 
 use crate::backend::Server;
+use crate::backend::stick::Stuck;
 use crate::conn::{Activity, ConnCtx, watchdog};
 use crate::metrics::ConnError;
+use crate::rules::track::Meter;
 
 const COPY_BUF: usize = 64 * 1024;
 
@@ -26,9 +28,18 @@ where
 {
     let fe = &ctx.frontend;
     let backend = &fe.backend;
+    let client_ip = ctx.client.ip();
+    let stuck = match &fe.stick {
+        Some(s) => s.lookup(backend, client_ip, None, fe.clock.tick()),
+        None => Stuck::default(),
+    };
     let mut excluded: Option<Arc<Server>> = None;
     let (guard, upstream) = loop {
-        let Some(server) = backend.select(ctx.client.ip(), excluded.as_deref()) else {
+        let pick = match stuck.server {
+            Some(s) if excluded.is_none() => Some(s),
+            _ => backend.select(client_ip, excluded.as_deref()),
+        };
+        let Some(server) = pick else {
             backend.metrics.no_server.fetch_add(1, Relaxed);
             fe.metrics.conn_error(ConnError::NoServer);
             debug!("no server available");
@@ -49,8 +60,27 @@ where
             }
         }
     };
+    if let Some(s) = &fe.stick {
+        s.commit(
+            &stuck,
+            guard.server(),
+            client_ip,
+            &ctx.stick_touched,
+            fe.clock,
+        );
+    }
     let idle = fe.config.limits.idle_timeout;
-    match tunnel(client, upstream, &ctx.activity, idle).await {
+    let meters = match &fe.rules {
+        Some(_) => {
+            let sets = [&ctx.tracks.tracks];
+            (
+                Meter::new(&sets, true, fe.clock),
+                Meter::new(&sets, false, fe.clock),
+            )
+        }
+        None => (None, None),
+    };
+    match tunnel(client, upstream, &ctx.activity, idle, meters).await {
         Ok(Some((up, down))) => {
             debug!(server = %guard.server().name, bytes.up = up, bytes.down = down, "tcp connection closed")
         }
@@ -63,18 +93,29 @@ where
 
 /// Copies bytes both ways with half-close until both directions end (`Some(bytes up, bytes
 /// down)`), or until nothing moved for `idle` (`None`). Used by TCP mode and by HTTP upgrades.
+/// `meters` count what is read from `a` (the client: bytes in) and from `b` (bytes out) into
+/// tracked entries, one table operation per read.
 pub(crate) async fn tunnel<A, B>(
     a: A,
     b: B,
     activity: &Activity,
     idle: Duration,
+    meters: (Option<Meter>, Option<Meter>),
 ) -> io::Result<Option<(u64, u64)>>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut a = Touch { inner: a, activity };
-    let mut b = Touch { inner: b, activity };
+    let mut a = Touch {
+        inner: a,
+        activity,
+        meter: meters.0,
+    };
+    let mut b = Touch {
+        inner: b,
+        activity,
+        meter: meters.1,
+    };
     // Mark the connection active so the watchdog counts idle_timeout from now.
     activity.touch();
     tokio::select! {
@@ -83,10 +124,11 @@ where
     }
 }
 
-/// Records activity on every successful read.
+/// Records activity, and counts the bytes into `meter`, on every successful read.
 struct Touch<'a, T> {
     inner: T,
     activity: &'a Activity,
+    meter: Option<Meter>,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Touch<'_, T> {
@@ -97,8 +139,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Touch<'_, T> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+        let read = buf.filled().len() - before;
+        if matches!(res, Poll::Ready(Ok(()))) && read > 0 {
             self.activity.touch();
+            if let Some(m) = &mut self.meter {
+                m.count(read);
+            }
         }
         res
     }

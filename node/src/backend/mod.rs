@@ -8,6 +8,7 @@
 
 mod health;
 mod pool;
+pub(crate) mod stick;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -40,9 +41,11 @@ pub struct Background {
 pub struct Server {
     /// Name from the config.
     pub name: String,
-    /// Position in the backend's server list, from 0; stickiness stores it (plus one) as the
-    /// `server_id`.
+    /// Position in the backend's server list, from 0.
     pub index: usize,
+    /// The `server_id` stickiness stores: [`server_id`] of the name, so every node of the
+    /// fleet agrees whatever the order of its server list.
+    pub id: u32,
     config: ServerConfig,
     /// The resolved addresses, tried in order; empty until a DNS name resolves.
     addrs: Mutex<Arc<[SocketAddr]>>,
@@ -202,6 +205,7 @@ impl Backend {
                 Arc::new(Server {
                     name: sc.name.clone(),
                     index,
+                    id: server_id(&sc.name),
                     config: sc.clone(),
                     resolved: AtomicBool::new(!addrs.is_empty()),
                     addrs: Mutex::new(addrs),
@@ -302,9 +306,22 @@ impl Backend {
         }
     }
 
-    /// The server at `index` (stickiness resolves a stored `server_id` through this).
+    /// The server at `index`.
     pub fn server(&self, index: usize) -> Option<&Arc<Server>> {
         self.servers.get(index)
+    }
+
+    /// The server whose [`Server::id`] is `id` (stickiness resolves a stored `server_id`
+    /// through this; server lists are short, so a scan beats a map).
+    #[inline]
+    pub fn by_id(&self, id: u64) -> Option<&Arc<Server>> {
+        self.servers.iter().find(|s| u64::from(s.id) == id)
+    }
+
+    /// The server named `name`.
+    #[inline]
+    pub fn by_name(&self, name: &[u8]) -> Option<&Arc<Server>> {
+        self.servers.iter().find(|s| s.name.as_bytes() == name)
     }
 
     /// The limits that apply to this backend.
@@ -316,6 +333,19 @@ impl Backend {
     pub fn check(&self) -> Option<&CheckConfig> {
         self.config.check.as_ref()
     }
+}
+
+/// The `server_id` of a server named `name`: the 32-bit FNV-1a hash of the name, cut to 31
+/// bits so it reads the same as a signed or unsigned number everywhere. Derived from the name
+/// alone, it is the same on every node of the fleet whatever the order of the server lists;
+/// config validation refuses two servers of one backend whose ids collide.
+pub fn server_id(name: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for &b in name.as_bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h & 0x7fff_ffff
 }
 
 /// A stable 64-bit mix of an address (FNV-1a then a final avalanche).
@@ -379,6 +409,7 @@ mod tests {
                 Arc::new(Server {
                     name: format!("s{i}"),
                     index: i,
+                    id: server_id(&format!("s{i}")),
                     config: ServerConfig {
                         name: format!("s{i}"),
                         addr: HostPort {

@@ -10,13 +10,13 @@ use std::collections::VecDeque;
 use std::io;
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use super::{Background, Server};
+use crate::io::ReqBody;
 
 /// Idle connections kept per server; more than this are closed when released.
 pub(super) const MAX_IDLE_PER_SERVER: usize = 1024;
@@ -24,7 +24,7 @@ pub(super) const MAX_IDLE_PER_SERVER: usize = 1024;
 /// Idle connections of one server, each with the time it became idle.
 #[derive(Debug)]
 pub struct Pool {
-    idle: Mutex<VecDeque<(SendRequest<Incoming>, Instant)>>,
+    idle: Mutex<VecDeque<(SendRequest<ReqBody>, Instant)>>,
     /// Connections idle longer are closed instead of reused: a server closing an idle
     /// connection just as a request goes out on it would turn that request into a 502.
     max_idle: Duration,
@@ -40,7 +40,7 @@ impl Pool {
     }
 
     /// An idle connection ready for a request, most recently used first.
-    pub fn take(&self) -> Option<SendRequest<Incoming>> {
+    pub fn take(&self) -> Option<SendRequest<ReqBody>> {
         let now = Instant::now();
         let mut idle = self.idle.lock();
         for _ in 0..idle.len() {
@@ -63,7 +63,7 @@ impl Pool {
     }
 
     /// Returns a connection after a complete exchange, and closes those idle too long.
-    pub fn put(&self, sender: SendRequest<Incoming>) {
+    pub fn put(&self, sender: SendRequest<ReqBody>) {
         if sender.is_closed() {
             return;
         }
@@ -98,7 +98,7 @@ impl Pool {
 }
 
 /// Opens a new HTTP/1.1 connection to `server`; its driver runs as a background task.
-pub async fn connect_http(server: &Server, bg: &Background) -> io::Result<SendRequest<Incoming>> {
+pub async fn connect_http(server: &Server, bg: &Background) -> io::Result<SendRequest<ReqBody>> {
     let stream = server.connect().await?;
     let (sender, conn) = http1::Builder::new()
         .writev(false)

@@ -24,11 +24,15 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use sluice_sync::{KeyType, TableSchema};
+
+use crate::backend::server_id;
+use crate::rules::FrontendRules;
 
 pub use raw::{
     AdminSection, BackendSection, CheckSection, FileConfig, FrontendSection, FrontendTlsSection,
@@ -299,7 +303,8 @@ pub struct FrontendConfig {
     pub backend: usize,
     /// Add `Via: 1.1 <node name>` to requests and responses.
     pub via: bool,
-    /// Evaluate rules without enforcing them (rules arrive with a later issue).
+    /// Evaluate rules (tracking included) without enforcing their verdicts; would-be
+    /// outcomes are counted as `dry_run_*` in the metrics.
     pub dry_run: bool,
     /// TLS termination.
     pub tls: Option<FrontendTlsConfig>,
@@ -318,13 +323,16 @@ pub struct FrontendTlsConfig {
     pub key: PathBuf,
 }
 
-/// A frontend's rules, kept as written until the rules engine parses them.
+/// A frontend's rules: as written, and compiled against the config's tables.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rules {
     /// Run on accept.
     pub connection: Vec<String>,
     /// Run per HTTP request.
     pub request: Vec<String>,
+    /// Both lists parsed and checked against the tables when the config was validated, so a
+    /// config that loads never meets a rule that cannot work.
+    pub compiled: Arc<FrontendRules>,
 }
 
 /// How a backend picks a server.
@@ -993,6 +1001,20 @@ impl TryFrom<FileConfig> for Config {
                 let apath = format!("{spath}.addr");
                 let addr = HostPort::parse(required(&apath, s.addr.as_ref())?)
                     .map_err(|e| field_err(&apath, e))?;
+                if let Some(other) = servers
+                    .iter()
+                    .find(|o: &&ServerConfig| server_id(&o.name) == server_id(&sname))
+                {
+                    // Stickiness stores servers by an id derived from the name.
+                    return Err(field_err(
+                        format!("{spath}.name"),
+                        format!(
+                            "`{sname}` and `{}` have the same server id ({}); rename one",
+                            other.name,
+                            server_id(&sname)
+                        ),
+                    ));
+                }
                 servers.push(ServerConfig { name: sname, addr });
             }
             let check = match &b.check {
@@ -1125,9 +1147,16 @@ impl TryFrom<FileConfig> for Config {
                             "request rules need mode = \"http\"; a tcp frontend has connection rules only",
                         ));
                     }
+                    let compiled = FrontendRules::compile(&r.connection, &r.request, |name| {
+                        tables.iter().find(|t| t.name == name)
+                    })
+                    .map_err(|e| {
+                        field_err(format!("{path}.rules.{}[{}]", e.stage, e.index), e.detail())
+                    })?;
                     Rules {
                         connection: r.connection.clone(),
                         request: r.request.clone(),
+                        compiled: Arc::new(compiled),
                     }
                 }
             };

@@ -278,7 +278,22 @@ pub struct FrontendRules {
     pub request: RuleSet,
 }
 
+impl Default for FrontendRules {
+    /// No rules at either stage.
+    fn default() -> FrontendRules {
+        FrontendRules {
+            connection: RuleSet::empty(Stage::Connection),
+            request: RuleSet::empty(Stage::Request),
+        }
+    }
+}
+
 impl FrontendRules {
+    /// Whether neither stage has a rule.
+    pub fn is_empty(&self) -> bool {
+        self.connection.is_empty() && self.request.is_empty()
+    }
+
     /// Compiles a frontend's `connection` and `request` rule lists.
     pub fn compile<'t, S: AsRef<str>>(
         connection: &[S],

@@ -258,9 +258,27 @@ pub struct Client {
     pub sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
 }
 
+/// A TCP connection to `addr` from the loopback address `src` (127.0.0.2, 127.0.0.3, …), so
+/// one test can be several clients as rules keyed on the source address see them.
+pub async fn connect_from(src: &str, addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    let src: std::net::IpAddr = src.parse().unwrap();
+    socket.bind(SocketAddr::new(src, 0)).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).await.unwrap();
+        Self::over(stream).await
+    }
+
+    /// A client connection from the loopback address `src`.
+    pub async fn connect_from(src: &str, addr: SocketAddr) -> Client {
+        Self::over(connect_from(src, addr).await).await
+    }
+
+    async fn over(stream: TcpStream) -> Client {
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .unwrap();

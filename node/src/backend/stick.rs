@@ -1,0 +1,185 @@
+//! Stickiness (`stick` on a backend): keeping a client on the server it was first sent to.
+//!
+//! - `on src table T`: the table's `server_id` for the client address names the server. A
+//!   request (or TCP connection) goes there while it is up; otherwise the balancer picks a
+//!   server and its id is written, so the client sticks to the new one, on every node of the
+//!   fleet (the table replicates).
+//! - `cookie NAME`: a cookie naming the server. A request carrying it goes to that server
+//!   while it is up; an answer to a request without a valid cookie, or whose server was down,
+//!   carries `Set-Cookie: NAME=<server>; Path=/; HttpOnly`.
+//!
+//! Server ids are [`super::server_id`] of the server's name, the same on every node.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+
+use http::header::{self, HeaderMap, HeaderValue};
+use sluice_sync::{DataType, Key, NodeClock, Table, Tables, Tick};
+use tracing::warn;
+
+use super::{Backend, Server};
+use crate::config::Stick;
+
+/// How often, at most, a connection whose client stays on its server refreshes the sticky
+/// entry (so an active client's entry does not expire under it).
+const REFRESH_MS: u32 = 1000;
+
+/// A backend's stickiness, resolved when the frontend is built.
+#[derive(Debug)]
+pub(crate) enum Sticky {
+    /// `on src table T`.
+    Src {
+        /// The table holding `server_id`.
+        table: Arc<Table>,
+    },
+    /// `cookie NAME`.
+    Cookie {
+        /// The cookie name.
+        name: String,
+        /// `Set-Cookie` values, by server index, built once.
+        set: Box<[HeaderValue]>,
+    },
+}
+
+/// What a client sticks to, looked up before choosing a server.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Stuck<'b> {
+    /// The server to use: the stored one, when it is up.
+    pub(crate) server: Option<&'b Arc<Server>>,
+    /// The id stored (or named by the cookie), up or not.
+    stored: Option<u64>,
+}
+
+impl Sticky {
+    /// Resolves `stick` for `backend`; `None` if the table is missing (validation makes that
+    /// a bug, logged).
+    pub(crate) fn new(stick: &Stick, backend: &Backend, tables: &Tables) -> Option<Sticky> {
+        match stick {
+            Stick::OnSrc { table } => match tables.get(table) {
+                Some(table) => Some(Sticky::Src { table }),
+                None => {
+                    warn!(backend = %backend.config.name, %table, "stick table not found; not sticking");
+                    None
+                }
+            },
+            Stick::Cookie { name } => {
+                let set = backend
+                    .servers
+                    .iter()
+                    .map(|s| {
+                        // Cookie and server names are letters, digits, `_`, `-`, `.`
+                        // (validated), all valid in a header value.
+                        HeaderValue::from_str(&format!("{name}={}; Path=/; HttpOnly", s.name))
+                            .unwrap_or(HeaderValue::from_static(""))
+                    })
+                    .collect();
+                Some(Sticky::Cookie {
+                    name: name.clone(),
+                    set,
+                })
+            }
+        }
+    }
+
+    /// The server `client` sticks to; `headers` are the request's (`None` for TCP).
+    #[inline]
+    pub(crate) fn lookup<'b>(
+        &self,
+        backend: &'b Backend,
+        client: IpAddr,
+        headers: Option<&HeaderMap>,
+        now: Tick,
+    ) -> Stuck<'b> {
+        let (stored, server) = match self {
+            Sticky::Src { table } => {
+                let stored = table.read_key(&Key::from_ip(client), DataType::ServerId, now);
+                (stored, stored.and_then(|id| backend.by_id(id)))
+            }
+            Sticky::Cookie { name, .. } => {
+                let server = headers
+                    .and_then(|h| cookie(h, name))
+                    .and_then(|v| backend.by_name(v));
+                (server.map(|s| u64::from(s.id)), server)
+            }
+        };
+        Stuck {
+            server: server.filter(|s| s.is_usable()),
+            stored,
+        }
+    }
+
+    /// Records that `server` served `client`: writes its id when it is not the one stored
+    /// (first contact, or the stored server was down), or refreshes the entry at most once a
+    /// second per connection (`touched`: the last refresh's tick, 0 for none). In cookie mode
+    /// returns the `Set-Cookie` to add instead.
+    pub(crate) fn commit(
+        &self,
+        stuck: &Stuck<'_>,
+        server: &Server,
+        client: IpAddr,
+        touched: &AtomicU32,
+        clock: NodeClock,
+    ) -> Option<HeaderValue> {
+        let same = stuck.stored == Some(u64::from(server.id));
+        match self {
+            Sticky::Src { table } => {
+                let now = clock.tick();
+                let key = Key::from_ip(client);
+                if !same {
+                    let mut h = table.handle(key);
+                    table.set_register(
+                        &mut h,
+                        DataType::ServerId,
+                        u64::from(server.id),
+                        clock.wall_ms(),
+                        now,
+                    );
+                    touched.store(now.0.max(1), Relaxed);
+                } else {
+                    let last = touched.load(Relaxed);
+                    if last == 0 || now.since(Tick(last)) >= REFRESH_MS {
+                        table.track(key, now);
+                        touched.store(now.0.max(1), Relaxed);
+                    }
+                }
+                None
+            }
+            Sticky::Cookie { set, .. } => (!same).then(|| set[server.index].clone()),
+        }
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers (`a=1; b=2`; HTTP/2 may split
+/// them over several headers).
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
+    let name = name.as_bytes();
+    headers.get_all(header::COOKIE).iter().find_map(|v| {
+        v.as_bytes().split(|&b| b == b';').find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let value = pair.strip_prefix(name)?.strip_prefix(b"=")?;
+            Some(value)
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; SERVERIDX=no"),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("b=2;SERVERID=app2 ; c=3"),
+        );
+        assert_eq!(cookie(&h, "SERVERID"), Some(&b"app2"[..]));
+        assert_eq!(cookie(&h, "a"), Some(&b"1"[..]));
+        assert_eq!(cookie(&h, "d"), None);
+    }
+}
