@@ -405,6 +405,42 @@ async fn a_gpc0_flag_set_on_errors_tarpits_the_client() {
 }
 
 #[tokio::test]
+async fn a_tarpit_ends_when_the_node_drains() {
+    let app = TestBackend::start("app1").await;
+    let toml = format!(
+        "{}{}",
+        table("\"http_req_cnt\""),
+        http_config(
+            &[&app],
+            "",
+            &rules("\"track-sc0 src table per_ip\"", "\"tarpit 1h\"")
+        )
+    );
+    let n = TestNode::start(&toml).await;
+    let mut c = Client::connect_from("127.0.0.11", n.addr("web")).await;
+    let held = tokio::spawn(async move {
+        let start = Instant::now();
+        let (status, _) = c.get("/").await;
+        (status, start.elapsed())
+    });
+    // The request was counted just before its rules ran: it is being held now.
+    wait_until(Duration::from_secs(5), "the request is held", || async {
+        read(&n, "127.0.0.11", DataType::HttpReqCnt, now(&n)) == Some(1)
+    })
+    .await;
+    let stopping = Instant::now();
+    n.stop().await;
+    let (status, took) = held.await.unwrap();
+    assert_eq!(status, 429);
+    assert!(
+        took < Duration::from_secs(30),
+        "answered on drain, after {took:?}"
+    );
+    assert!(stopping.elapsed() < Duration::from_secs(10));
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_bandwidth_rule_denies_a_client_that_uploads_too_fast() {
     let app = TestBackend::start("app1").await;
     let toml = format!(
