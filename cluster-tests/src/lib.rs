@@ -176,6 +176,16 @@ impl NodeProc {
         c.wait().ok()
     }
 
+    /// `SIGHUP`: reload the config and the fleet certificates.
+    pub fn hup(&self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .arg("-HUP")
+                .arg(c.id().to_string())
+                .status();
+        }
+    }
+
     /// Whether the process is running.
     pub fn is_running(&mut self) -> bool {
         self.child

@@ -360,3 +360,57 @@ async fn a_client_sticks_to_one_server_whichever_node_it_reaches() {
         "at least 99.9% agree, got {agree}/{trials}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_on_sighup_without_a_restart() {
+    let mut f = Fleet::start(FleetSpec::three()).await;
+    get(f.nodes[0].web(), "/", Some(client(1))).await.unwrap();
+    assert!(
+        eventually(WAIT, || async {
+            req_cnt(&table(&f, 2), &client(1).to_string()) == 1
+        })
+        .await
+    );
+
+    // A whole new fleet CA and certificates over the old files, then SIGHUP to edge-1 and
+    // edge-2. Their session keeps running on the identity it started with.
+    let certs = f.dir.path().join("certs");
+    let out = sluicectl([
+        "certs".as_ref(),
+        "init".as_ref(),
+        "--force".as_ref(),
+        "--out".as_ref(),
+        certs.as_os_str(),
+        "--nodes".as_ref(),
+        "edge-1,edge-2,edge-3".as_ref(),
+        "--admin-client".as_ref(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    f.nodes[0].hup();
+    f.nodes[1].hup();
+    get(f.nodes[0].web(), "/", Some(client(1))).await.unwrap();
+    assert!(
+        eventually(WAIT, || async {
+            req_cnt(&table(&f, 1), &client(1).to_string()) == 2
+        })
+        .await,
+        "running sessions keep replicating"
+    );
+    // edge-3 comes back with the new certificate: only the reloaded CA of edge-1 and edge-2
+    // lets it in, so replication with it proves the reload.
+    f.nodes[2].kill();
+    f.nodes[2].start();
+    f.wait_ready(2).await;
+    get(f.nodes[2].web(), "/", Some(client(1))).await.unwrap();
+    assert!(
+        eventually(WAIT, || async {
+            (0..3).all(|i| req_cnt(&table(&f, i), &client(1).to_string()) == 3)
+        })
+        .await,
+        "new sessions use the rotated certificates"
+    );
+}
