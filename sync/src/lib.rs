@@ -17,6 +17,8 @@
 //! [`replication`] is the async shell around the engine: mutually authenticated gRPC sessions
 //! between peers, snapshots, reconnection and membership. It only moves bytes and timers.
 
+#[cfg(feature = "certs")]
+pub mod certs;
 pub mod clock;
 mod entry;
 pub mod error;
@@ -31,8 +33,6 @@ mod shard;
 pub mod sweeper;
 pub mod table;
 pub mod tables;
-#[cfg(feature = "certs")]
-pub mod certs;
 pub mod wire;
 
 pub use clock::{Hlc, NodeClock, Stamp, Tick};
