@@ -9,7 +9,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -337,12 +337,23 @@ pub struct Fleet {
     /// The backends.
     pub backends: Vec<BackendProc>,
     spec: FleetSpec,
+    /// One fleet at a time per test binary: three nodes already share two cores, and what
+    /// the tests check (a sticky assignment reaching the others within 5 ms, a burst staying
+    /// near the limit) depends on them not fighting a second fleet for them.
+    _serial: tokio::sync::OwnedMutexGuard<()>,
+}
+
+fn serial() -> Arc<tokio::sync::Mutex<()>> {
+    static LOCK: OnceLock<Arc<tokio::sync::Mutex<()>>> = OnceLock::new();
+    LOCK.get_or_init(|| Arc::new(tokio::sync::Mutex::new(())))
+        .clone()
 }
 
 impl Fleet {
     /// Makes certificates with `sluicectl certs init`, writes configs and starts every backend
     /// and node; returns once every node is ready.
     pub async fn start(spec: FleetSpec) -> Fleet {
+        let serial = serial().lock_owned().await;
         let dir = tempfile::TempDir::new().expect("temporary directory");
         let certs = dir.path().join("certs");
         let out = sluicectl([
@@ -388,6 +399,7 @@ impl Fleet {
             nodes,
             backends,
             spec,
+            _serial: serial,
         };
         for n in &mut fleet.nodes {
             n.start();
