@@ -1,0 +1,154 @@
+//! A new-connection flood against a connection-rate rule, and a good client beside it.
+//!
+//! The flooder (`cluster-tests/bench/flood.c`) keeps 256 connections opening from 127.0.0.1;
+//! the rule tracks the source at the connection stage and refuses it past 100 connections per
+//! second (HAProxy: `tcp-request connection track-sc0 src` + `reject if { src_conn_rate gt 100 }`;
+//! sluice: `track-sc0 src table per_ip` + `reject if sc0_conn_rate > 100`). A paced client
+//! from 127.0.0.2 opens 50 connections per second, each with a full `GET`, and must be served.
+//!
+//! On two cores the flooder, sharing its core with the backend and the good client, limits the
+//! rate, not the proxy: both proxies refuse about as many connections per second, and what
+//! tells them apart is the CPU each spends per refused connection.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::http::{order, start};
+use super::procs::{self, LOAD_CPU, Proc};
+use super::report::note;
+use super::{Env, Figure, Goal, Opts, Report};
+
+const INFLIGHT: u32 = 256;
+const GOOD_RATE: u32 = 50;
+
+fn haproxy_cfg(port: u16, backend: u16) -> String {
+    format!(
+        "global\n    nbthread 1\n    maxconn 8000\n\
+         defaults\n    mode http\n    timeout connect 5s\n    timeout client 10s\n    timeout server 10s\n\
+         frontend fe\n    bind 127.0.0.1:{port}\n\
+         \x20   stick-table type ip size 1m expire 60s store conn_rate(1s)\n\
+         \x20   tcp-request connection track-sc0 src\n\
+         \x20   tcp-request connection reject if {{ src_conn_rate gt 100 }}\n\
+         \x20   default_backend be\n\
+         backend be\n    server s1 127.0.0.1:{backend}\n"
+    )
+}
+
+fn sluice_cfg(port: u16, backend: u16) -> String {
+    format!(
+        "[node]\nthreads = 1\n\n\
+         [[table]]\nname = \"per_ip\"\nkey = \"ip\"\nsize = 1048576\nexpire = \"60s\"\nstore = [\"conn_rate(1s)\"]\n\n\
+         [[frontend]]\nname = \"fe\"\nbind = \"127.0.0.1:{port}\"\nbackend = \"be\"\n\
+         [frontend.rules]\nconnection = [\"track-sc0 src table per_ip\", \"reject if sc0_conn_rate > 100\"]\n\n\
+         [[backend]]\nname = \"be\"\nservers = [ {{ name = \"s1\", addr = \"127.0.0.1:{backend}\" }} ]\n"
+    )
+}
+
+/// `key=value` pairs of one output line of the flooder.
+fn kv(out: &str) -> HashMap<String, f64> {
+    out.split_whitespace()
+        .filter_map(|t| t.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+        .collect()
+}
+
+pub(crate) fn run(env: &Env, opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
+    let backend = procs::port();
+    let port = procs::port();
+    let _nginx = env.nginx(&[(backend, "ok")])?;
+    let ha = env.write("flood.cfg", &haproxy_cfg(port, backend))?;
+    let sl = env.write("flood.toml", &sluice_cfg(port, backend))?;
+    let secs = opts.secs.max(3);
+    let mut rejected = Figure::new("flood", "flood: connections refused per second", "conn/s");
+    let mut cpu_per = Figure::new("flood", "flood: proxy CPU per refused connection", "µs")
+        .decimals(2)
+        .goal(Goal::RatioAtMost(1.0));
+    let mut cpu_pct = Figure::new("flood", "flood: proxy CPU", "% of a core");
+    let mut good = Figure::new("flood", "flood: good client served", "%")
+        .decimals(1)
+        .goal(Goal::AtLeast(100.0));
+    let mut good_p99 = Figure::new("flood", "flood: good client p99 (connect + GET)", "ms")
+        .decimals(2)
+        .goal(Goal::RatioAtMost(1.0));
+    for r in 0..opts.runs {
+        for proxy in order(r) {
+            let cfg = if proxy == "sluice" { &sl } else { &ha };
+            let mut p = start(env, proxy, cfg, port)?;
+            let flood_log = env.path("flood.out");
+            let good_log = env.path("good.out");
+            let _ = std::fs::remove_file(&flood_log);
+            let _ = std::fs::remove_file(&good_log);
+            let c0 = p.cpu_secs();
+            let t0 = std::time::Instant::now();
+            let mut flooder = Proc::spawn(
+                "flooder",
+                LOAD_CPU,
+                &env.flood,
+                &[
+                    "-p",
+                    &port.to_string(),
+                    "-d",
+                    &secs.to_string(),
+                    "-c",
+                    &INFLIGHT.to_string(),
+                ],
+                &[],
+                &flood_log,
+            )?;
+            // The good client runs inside the flood's window.
+            std::thread::sleep(Duration::from_millis(300));
+            let good_secs = secs as f64 - 0.6;
+            let mut client = Proc::spawn(
+                "good client",
+                LOAD_CPU,
+                &env.flood,
+                &[
+                    "-p",
+                    &port.to_string(),
+                    "-d",
+                    &format!("{good_secs:.1}"),
+                    "-r",
+                    &GOOD_RATE.to_string(),
+                    "-b",
+                    "127.0.0.2",
+                ],
+                &[],
+                &good_log,
+            )?;
+            let within = Duration::from_secs(secs + 10);
+            flooder.wait(within)?;
+            let el = t0.elapsed().as_secs_f64();
+            let c1 = p.cpu_secs();
+            client.wait(within)?;
+            p.stop(Duration::from_secs(5));
+            let f = kv(&std::fs::read_to_string(&flood_log).context("flooder output")?);
+            let g = kv(&std::fs::read_to_string(&good_log).context("good client output")?);
+            let refused = f.get("rejected").copied().unwrap_or(0.0);
+            let per_s = f.get("rejected_per_s").copied().unwrap_or(0.0);
+            let cpu = c1 - c0;
+            let us = cpu * 1e6 / refused.max(1.0);
+            note(&format!(
+                "flood run {} {proxy:7}: refused {per_s:.0}/s, served {:.0}/s, proxy CPU {:.0} % = {us:.2} µs per refused; good client {:.1} % p50 {:.2} ms p99 {:.2} ms ({})",
+                r + 1,
+                f.get("served_per_s").copied().unwrap_or(0.0),
+                100.0 * cpu / el,
+                g.get("success_pct").copied().unwrap_or(0.0),
+                g.get("p50_ms").copied().unwrap_or(-1.0),
+                g.get("p99_ms").copied().unwrap_or(-1.0),
+                procs::load_line()
+            ));
+            rejected.push(proxy, per_s);
+            cpu_per.push(proxy, us);
+            cpu_pct.push(proxy, 100.0 * cpu / el);
+            good.push(proxy, g.get("success_pct").copied().unwrap_or(0.0));
+            good_p99.push(proxy, g.get("p99_ms").copied().unwrap_or(f64::NAN));
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    for f in [rejected, cpu_per, cpu_pct, good, good_p99] {
+        report.add(f);
+    }
+    Ok(())
+}

@@ -1,0 +1,287 @@
+//! Tables at scale on two replicating nodes: memory per entry, replication throughput, and the
+//! resync of a restarted node, for 100,000 and then 1,000,000 entries.
+//!
+//! Both proxies hold a table `type ip size 1m store http_req_rate(10s),conn_cur,gpc0` (HAProxy
+//! `../shared/bench/table-memory.sh`'s table, here in a two-node `peers` section).
+//!
+//! - HAProxy: 100,000 keys `set table … data.gpc0 1` on node 1 through one runtime-API session
+//!   (its only bulk path); node 2 receives them by its peers link; node 2 restarts and the clock
+//!   runs from its start until its table holds them all. Then 900,000 more keys, and node 2
+//!   restarts again. Memory per entry: node 1's resident memory growth over the 1,000,000.
+//! - sluice: the same, except that the entries come from the feeder, an in-process replication
+//!   peer (an admin call per key would measure the admin API, not the table): it records a
+//!   request, a connection and a `gpc0` increment per key. Replication throughput is the rate at
+//!   which node 1 and node 2 come to hold the 900,000 new keys the feeder writes as fast as one
+//!   thread can. The feeder stops before each restart, so the restarted node resyncs from node 1
+//!   alone, as HAProxy's does.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sluice_sync::{KeyType, TableSchema};
+
+use super::nodes::{Feeder, HaNode, SluiceNode, SluiceSpec};
+use super::procs;
+use super::report::note;
+use super::{Env, Figure, Goal, Report};
+
+const SMALL: u32 = 100_000;
+const BIG: u32 = 1_000_000;
+const SIZE: usize = 1_048_576;
+const STORE: [&str; 3] = ["http_req_rate(10s)", "conn_cur", "gpc0"];
+const WAIT: Duration = Duration::from_secs(120);
+
+pub(crate) async fn run(env: &Env, report: &mut Report) -> anyhow::Result<()> {
+    let mut mem = Figure::new(
+        "table",
+        "memory per entry, 1,000,000 IPv4 entries (http_req_rate, conn_cur, gpc0)",
+        "bytes",
+    )
+    .decimals(1)
+    .goal(Goal::AtMost(128.0));
+    let mut resync_small = Figure::new(
+        "table",
+        "resync: restarted node holds its peer's 100,000 entries",
+        "ms",
+    )
+    .goal(Goal::RatioAtMost(1.0));
+    let mut resync_big = Figure::new(
+        "table",
+        "resync: restarted node holds its peer's 1,000,000 entries",
+        "ms",
+    )
+    .goal(Goal::AtMost(1500.0));
+    let mut throughput = Figure::new(
+        "table",
+        "replication throughput, 900,000 new entries to both nodes",
+        "entries/s",
+    )
+    .goal(Goal::AtLeast(1_000_000.0));
+    let mut fill_rate = Figure::new(
+        "table",
+        "filling: entries written per second (sluice: feeder peer; HAProxy: runtime API)",
+        "entries/s",
+    );
+
+    // sluice: node-1 and node-2 replicate with each other and with the feeder.
+    {
+        let certs = env.certs("certs-table", &["node-1", "node-2", "feeder", "feeder-2"])?;
+        let (s1, s2, sf, sf2) = (procs::port(), procs::port(), procs::port(), procs::port());
+        let spec = SluiceSpec {
+            tables: format!(
+                "[[table]]\nname = \"per_ip\"\nkey = \"ip\"\nsize = {SIZE}\nexpire = \"30m\"\nstore = [{}]\n",
+                STORE.map(|s| format!("\"{s}\"")).join(", ")
+            ),
+            request_rules: vec![],
+            stick: None,
+            servers: vec![("s1".into(), procs::port())],
+        };
+        let mut n1 = SluiceNode::new(
+            env,
+            &certs,
+            "node-1",
+            &[
+                ("node-2".into(), s2),
+                ("feeder".into(), sf),
+                ("feeder-2".into(), sf2),
+            ],
+            &spec,
+            s1,
+        )?;
+        let mut n2 = SluiceNode::new(env, &certs, "node-2", &[("node-1".into(), s1)], &spec, s2)?;
+        // The table's index is allocated when the node starts, so the memory baseline is the
+        // same node with a table of 1,024 entries (everything else alike), not node-1 before
+        // the fill.
+        let rss_base = {
+            let small = SluiceSpec {
+                tables: spec
+                    .tables
+                    .replace(&format!("size = {SIZE}"), "size = 1024"),
+                ..spec.clone()
+            };
+            let mut base =
+                SluiceNode::new(env, &certs, "node-1", &[("node-2".into(), s2)], &small, s1)?;
+            base.start()?;
+            let t = Instant::now();
+            base.wait_entries("per_ip", 0, t, Duration::from_secs(20))
+                .await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let rss = base.proc().map_or(0, |p| p.rss());
+            base.stop();
+            rss
+        };
+        n1.start()?;
+        n2.start()?;
+        let t = Instant::now();
+        n1.wait_entries("per_ip", 0, t, Duration::from_secs(20))
+            .await?;
+        n2.wait_entries("per_ip", 0, t, Duration::from_secs(20))
+            .await?;
+        let schema = || {
+            TableSchema::new(
+                "per_ip",
+                KeyType::Ip,
+                SIZE,
+                Duration::from_secs(1800),
+                TableSchema::parse_store(&STORE).expect("a valid store"),
+                true,
+            )
+            .map_err(|e| anyhow::anyhow!("schema: {e}"))
+        };
+        let peers = vec![("node-1".to_owned(), format!("127.0.0.1:{s1}"))];
+        let feeder = Feeder::start(env, &certs, "feeder", sf, peers.clone(), schema()?).await?;
+        feeder.wait_peer("node-1", Duration::from_secs(20)).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let rss0 = n1.proc().map_or(0, |p| p.rss());
+        note(&format!(
+            "table sluice: RSS with a 1,024-entry table {:.1} MiB, node-1 with the empty 1M table {:.1} MiB",
+            rss_base as f64 / 1048576.0,
+            rss0 as f64 / 1048576.0
+        ));
+
+        let t = Instant::now();
+        feeder.fill("per_ip", 0..SMALL).await?;
+        let wrote = t.elapsed();
+        n1.wait_entries("per_ip", SMALL.into(), t, WAIT).await?;
+        n2.wait_entries("per_ip", SMALL.into(), t, WAIT).await?;
+        note(&format!(
+            "table sluice: feeder wrote {SMALL} entries in {:.0} ms, both nodes held them after {:.0} ms",
+            wrote.as_secs_f64() * 1e3,
+            t.elapsed().as_secs_f64() * 1e3
+        ));
+        feeder.stop().await;
+        let ms = restart_sluice(&mut n2, u64::from(SMALL)).await?;
+        note(&format!(
+            "table sluice: node-2 restarted, held {SMALL} after {ms:.0} ms"
+        ));
+        resync_small.push("sluice", ms);
+
+        // A second feeder (a new origin) writes the next 900,000 keys.
+        let feeder = Feeder::start(env, &certs, "feeder-2", sf2, peers, schema()?).await?;
+        feeder.wait_peer("node-1", Duration::from_secs(20)).await?;
+        let t = Instant::now();
+        feeder.fill("per_ip", SMALL..BIG).await?;
+        let wrote = t.elapsed();
+        let d1 = n1.wait_entries("per_ip", BIG.into(), t, WAIT).await?;
+        let d2 = n2.wait_entries("per_ip", BIG.into(), t, WAIT).await?;
+        let new = f64::from(BIG - SMALL);
+        note(&format!(
+            "table sluice: feeder wrote {} entries in {:.0} ms; node-1 held them after {:.0} ms, node-2 after {:.0} ms",
+            BIG - SMALL,
+            wrote.as_secs_f64() * 1e3,
+            d1.as_secs_f64() * 1e3,
+            d2.as_secs_f64() * 1e3
+        ));
+        throughput.push("sluice", new / d1.max(d2).as_secs_f64());
+        fill_rate.push("sluice", new / wrote.as_secs_f64());
+        feeder.stop().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss1 = n1.proc().map_or(0, |p| p.rss());
+        let per = (rss1.saturating_sub(rss_base)) as f64 / f64::from(BIG);
+        note(&format!(
+            "table sluice: node-1 RSS {:.1} MiB with 1M entries, {per:.1} bytes per entry over the baseline ({:.1} bytes over the empty table)",
+            rss1 as f64 / 1048576.0,
+            (rss1.saturating_sub(rss0)) as f64 / f64::from(BIG)
+        ));
+        mem.push("sluice", per);
+        let ms = restart_sluice(&mut n2, u64::from(BIG)).await?;
+        note(&format!(
+            "table sluice: node-2 restarted, held {BIG} after {ms:.0} ms"
+        ));
+        resync_big.push("sluice", ms);
+        n1.stop();
+        n2.stop();
+    }
+
+    // HAProxy: the same two nodes with a peers section.
+    {
+        let (p1, p2) = (procs::port(), procs::port());
+        let cfg = |name: &str, web: u16| {
+            let name = name.to_owned();
+            move |sock: &std::path::Path| {
+                format!(
+                    "global\n    nbthread 1\n    maxconn 4000\n    stats socket {} mode 600 level admin\n\
+                     defaults\n    mode http\n    timeout connect 5s\n    timeout client 10s\n    timeout server 10s\n\
+                     peers mypeers\n    peer n1 127.0.0.1:{p1}\n    peer n2 127.0.0.1:{p2}\n\
+                     frontend fe\n    bind 127.0.0.1:{web}\n\
+                     \x20   stick-table type ip size 1m expire 30m peers mypeers store {}\n\
+                     \x20   http-request track-sc0 src\n\
+                     \x20   http-request return status 200 content-type text/plain string {name}\n",
+                    sock.display(),
+                    STORE.join(",")
+                )
+            }
+        };
+        let w1 = procs::port();
+        let mut n1 = HaNode::new(env, "n1", w1, cfg("n1", w1))?;
+        let w2 = procs::port();
+        let mut n2 = HaNode::new(env, "n2", w2, cfg("n2", w2))?;
+        n1.start()?;
+        n2.start()?;
+        // Let the peers connect.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss0 = n1.proc().map_or(0, |p| p.rss());
+        let t = Instant::now();
+        n1.fill("fe", 0..SMALL)?;
+        let wrote = t.elapsed();
+        let d2 = n2.wait_used("fe", SMALL.into(), t, WAIT)?;
+        note(&format!(
+            "table haproxy: runtime API wrote {SMALL} entries in {:.0} ms; n2 held them after {:.0} ms",
+            wrote.as_secs_f64() * 1e3,
+            d2.as_secs_f64() * 1e3
+        ));
+        let ms = restart_haproxy(&mut n2, u64::from(SMALL))?;
+        note(&format!(
+            "table haproxy: n2 restarted, held {SMALL} after {ms:.0} ms"
+        ));
+        resync_small.push("haproxy", ms);
+        let t = Instant::now();
+        n1.fill("fe", SMALL..BIG)?;
+        let wrote = t.elapsed();
+        let d2 = n2.wait_used("fe", BIG.into(), t, WAIT)?;
+        note(&format!(
+            "table haproxy: runtime API wrote {} entries in {:.0} ms; n2 held them after {:.0} ms",
+            BIG - SMALL,
+            wrote.as_secs_f64() * 1e3,
+            d2.as_secs_f64() * 1e3
+        ));
+        fill_rate.push("haproxy", f64::from(BIG - SMALL) / wrote.as_secs_f64());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss1 = n1.proc().map_or(0, |p| p.rss());
+        let used = n1.used("fe").context("n1 table")?;
+        let per = (rss1.saturating_sub(rss0)) as f64 / used.max(1) as f64;
+        note(&format!(
+            "table haproxy: n1 RSS {:.1} → {:.1} MiB for {used} entries = {per:.1} bytes per entry",
+            rss0 as f64 / 1048576.0,
+            rss1 as f64 / 1048576.0
+        ));
+        mem.push("haproxy", per);
+        let ms = restart_haproxy(&mut n2, u64::from(BIG))?;
+        note(&format!(
+            "table haproxy: n2 restarted, held {BIG} after {ms:.0} ms"
+        ));
+        resync_big.push("haproxy", ms);
+    }
+    for f in [mem, throughput, fill_rate, resync_small, resync_big] {
+        report.add(f);
+    }
+    Ok(())
+}
+
+/// Stops `n` and starts it again; milliseconds from the start until it holds `n` entries.
+async fn restart_sluice(node: &mut SluiceNode, n: u64) -> anyhow::Result<f64> {
+    node.stop();
+    let t = Instant::now();
+    node.start()?;
+    let d = node.wait_entries("per_ip", n, t, WAIT).await?;
+    Ok(d.as_secs_f64() * 1e3)
+}
+
+/// Likewise for HAProxy.
+fn restart_haproxy(node: &mut HaNode, n: u64) -> anyhow::Result<f64> {
+    node.stop();
+    let t = Instant::now();
+    node.start()?;
+    let d = node.wait_used("fe", n, t, WAIT)?;
+    Ok(d.as_secs_f64() * 1e3)
+}

@@ -1,0 +1,251 @@
+//! Finding, installing and building what the benchmarks run: HAProxy, wrk, nginx, gcc (for the
+//! flooder), and this checkout's `sluice` and `sluicectl` in release mode.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, bail};
+
+use super::Opts;
+use super::procs::{self, LOAD_CPU, Proc};
+
+/// The tools and a scratch directory, ready for the phases.
+#[derive(Debug)]
+pub(crate) struct Env {
+    /// `sluice` (release).
+    pub sluice: PathBuf,
+    /// `sluicectl` (release).
+    pub sluicectl: PathBuf,
+    /// `haproxy`.
+    pub haproxy: PathBuf,
+    /// `wrk`.
+    pub wrk: PathBuf,
+    /// `nginx`.
+    pub nginx: PathBuf,
+    /// The flooder built from `cluster-tests/bench/flood.c`.
+    pub flood: PathBuf,
+    /// `haproxy -v`, first line.
+    pub haproxy_version: String,
+    /// Configs, logs and state of this run; removed at the end.
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// Finds or installs the tools, builds sluice, pins this process to the load CPU.
+    pub(crate) fn prepare(opts: &Opts) -> anyhow::Result<Env> {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        if cpus < 2 {
+            bail!(
+                "the benchmarks pin the proxy and the load to two different CPUs; this machine has {cpus}"
+            );
+        }
+        let missing: Vec<&str> = ["haproxy", "wrk", "nginx", "gcc", "taskset"]
+            .into_iter()
+            .filter(|t| which(t).is_none())
+            .collect();
+        if !missing.is_empty() {
+            install(&missing)?;
+        }
+        let find = |t: &str| which(t).with_context(|| format!("`{t}` not found after installing"));
+        let haproxy = find("haproxy")?;
+        let wrk = find("wrk")?;
+        let nginx = find("nginx")?;
+        let (sluice, sluicectl) = match &opts.bin_dir {
+            Some(d) => (d.join("sluice"), d.join("sluicectl")),
+            None => build_sluice()?,
+        };
+        for b in [&sluice, &sluicectl] {
+            if !b.exists() {
+                bail!("{} does not exist", b.display());
+            }
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-bench.")
+            .tempdir()
+            .context("temporary directory")?;
+        let flood = build_flooder(dir.path())?;
+        let haproxy_version = Command::new(&haproxy)
+            .arg("-v")
+            .output()
+            .ok()
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        procs::pin_self(LOAD_CPU)?;
+        Ok(Env {
+            sluice,
+            sluicectl,
+            haproxy,
+            wrk,
+            nginx,
+            flood,
+            haproxy_version,
+            dir,
+        })
+    }
+
+    /// A path in the scratch directory.
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes `text` to `name` in the scratch directory.
+    pub(crate) fn write(&self, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+        let p = self.path(name);
+        std::fs::write(&p, text).with_context(|| format!("write {}", p.display()))?;
+        Ok(p)
+    }
+
+    /// `sluicectl certs init` for `nodes` into `name`/ of the scratch directory.
+    pub(crate) fn certs(&self, name: &str, nodes: &[&str]) -> anyhow::Result<PathBuf> {
+        let out = self.path(name);
+        let res = Command::new(&self.sluicectl)
+            .args(["certs", "init", "--out"])
+            .arg(&out)
+            .args(["--nodes", &nodes.join(",")])
+            .env_remove("SLUICE_ADMIN")
+            .output()
+            .context("sluicectl certs init")?;
+        if !res.status.success() {
+            bail!(
+                "sluicectl certs init: {}",
+                String::from_utf8_lossy(&res.stderr)
+            );
+        }
+        Ok(out)
+    }
+
+    /// nginx on the load CPU answering `200` with each server's name on its port.
+    pub(crate) fn nginx(&self, servers: &[(u16, &str)]) -> anyhow::Result<Proc> {
+        let d = self.path("nginx");
+        std::fs::create_dir_all(&d)?;
+        let dd = d.display();
+        let mut conf = format!(
+            "worker_processes 1; daemon off; pid {dd}/nginx.pid; error_log {dd}/error.log warn;\n\
+             events {{ worker_connections 8192; }}\n\
+             http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 60s;\n\
+             client_body_temp_path {dd}; proxy_temp_path {dd}; fastcgi_temp_path {dd}; uwsgi_temp_path {dd}; scgi_temp_path {dd};\n"
+        );
+        for (port, name) in servers {
+            conf.push_str(&format!(
+                "server {{ listen 127.0.0.1:{port} reuseport backlog=4096; location / {{ default_type text/plain; return 200 \"{name}\"; }} }}\n"
+            ));
+        }
+        conf.push_str("}\n");
+        let path = d.join("nginx.conf");
+        std::fs::write(&path, conf)?;
+        let p = Proc::spawn(
+            "nginx",
+            LOAD_CPU,
+            &self.nginx,
+            &["-p", &dd.to_string(), "-c", &path.display().to_string()],
+            &[],
+            &d.join("stderr.log"),
+        )?;
+        for (port, _) in servers {
+            procs::wait_port(*port, std::time::Duration::from_secs(10))?;
+        }
+        Ok(p)
+    }
+}
+
+/// `command -v`.
+fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// `apt-get install` of the Debian packages providing `tools`.
+fn install(tools: &[&str]) -> anyhow::Result<()> {
+    let pkgs: Vec<&str> = tools
+        .iter()
+        .map(|t| match *t {
+            "nginx" => "nginx-light",
+            "taskset" => "util-linux",
+            other => other,
+        })
+        .collect();
+    super::report::note(&format!("installing {} with apt-get", pkgs.join(" ")));
+    let apt = |args: &[&str]| -> anyhow::Result<bool> {
+        Ok(Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+            .context(
+                "apt-get (install haproxy, wrk, nginx-light and gcc by hand if this is not Debian)",
+            )?
+            .success())
+    };
+    let mut args = vec!["install", "-y", "--no-install-recommends"];
+    args.extend(&pkgs);
+    if !apt(&args)? {
+        // A fresh machine may have no package lists yet.
+        apt(&["update"])?;
+        if !apt(&args)? {
+            bail!("apt-get install {} failed", pkgs.join(" "));
+        }
+    }
+    Ok(())
+}
+
+/// Builds `sluice` and `sluicectl` in release mode into this binary's own target directory
+/// (this binary runs as TARGET/release/bench), with the cargo that runs it.
+fn build_sluice() -> anyhow::Result<(PathBuf, PathBuf)> {
+    let exe = std::env::current_exe().context("the harness's own path")?;
+    let release = exe.parent().context("TARGET/release")?;
+    let target = release.parent().context("TARGET")?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    super::report::note("building sluice and sluicectl (release)");
+    let ok = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "sluice-node",
+            "--bin",
+            "sluice",
+            "-p",
+            "sluice-cli",
+            "--bin",
+            "sluicectl",
+        ])
+        .arg("--target-dir")
+        .arg(target)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .context("cargo build")?
+        .success();
+    if !ok {
+        bail!("building sluice failed");
+    }
+    Ok((release.join("sluice"), release.join("sluicectl")))
+}
+
+/// Compiles `cluster-tests/bench/flood.c` into `dir`.
+fn build_flooder(dir: &Path) -> anyhow::Result<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/flood.c");
+    let out = dir.join("flood");
+    let res = Command::new("gcc")
+        .args(["-O2", "-Wall", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .output()
+        .context("gcc")?;
+    if !res.status.success() {
+        bail!(
+            "gcc {}: {}",
+            src.display(),
+            String::from_utf8_lossy(&res.stderr)
+        );
+    }
+    Ok(out)
+}
