@@ -5,7 +5,7 @@
 //! config is loaded, and [`RuleSet::run`] evaluates them through the [`Facts`] and [`Effects`]
 //! implemented here over a connection or a request.
 //!
-//! An [`Engine`] is built per frontend when a config is applied: the compiled rules plus, for
+//! An `Engine` is built per frontend when a config is applied: the compiled rules plus, for
 //! every `track-scN` rule, its table resolved to an `Arc<Table>`, so the request path never
 //! looks a table up by name. A frontend without rules has no engine and pays one branch.
 //!
@@ -13,7 +13,7 @@
 //! `SessOpen` once the connection passed the connection rules, `HttpReq` (or a touch) at the
 //! start of every request before the request rules run, `HttpErr` for each backend 4xx, bytes
 //! as body chunks (HTTP) or reads (TCP) flow, and `ConnClose` when the connection's
-//! [`ConnTracks`] drop. A request-stage track records `HttpReq` when it runs, then its request's
+//! `ConnTracks` drop. A request-stage track records `HttpReq` when it runs, then its request's
 //! `HttpErr` and bytes.
 
 use std::net::IpAddr;
