@@ -48,16 +48,10 @@ for b in sluice sluicectl; do
     objcopy --strip-debug "$bin_dir/$b" "$rootfs/usr/local/bin/$b"
 done
 
-# One small shell (the host's /bin/sh, dash on Debian): the compose file's one-shot
-# certificate services need `if [ -e /certs/ca.pem ]` to skip a fleet that exists, and
-# `sluicectl certs init` refuses to overwrite instead of skipping. Nothing else uses it.
-mkdir -p "$rootfs/bin"
-cp -L /bin/sh "$rootfs/bin/sh"
-
 # Exactly the libraries these link, at the paths the loader looks for them, and the loader at
 # the path written in the binaries' PT_INTERP. `ldd` prints `name => /path (addr)` for
 # libraries and `/path (addr)` for the loader; the vDSO has no file.
-libs=$(for b in usr/local/bin/sluice usr/local/bin/sluicectl bin/sh; do ldd "$rootfs/$b"; done |
+libs=$(for b in usr/local/bin/sluice usr/local/bin/sluicectl; do ldd "$rootfs/$b"; done |
     awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u)
 for lib in $libs; do
     mkdir -p "$rootfs$(dirname "$lib")"

@@ -175,6 +175,10 @@ pub(crate) struct IssueArgs {
     /// Replace existing files.
     #[arg(long)]
     pub(crate) force: bool,
+    /// When every file the command would write exists already, write nothing and succeed: for
+    /// a one-shot job that runs on every start. If only some exist, it refuses as usual.
+    #[arg(long, conflicts_with = "force")]
+    pub(crate) keep_existing: bool,
     /// Validity of node and admin certificates, in days (the CA gets 3650).
     #[arg(
         long,

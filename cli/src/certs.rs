@@ -127,6 +127,8 @@ pub(crate) struct InitOptions<'a> {
     pub(crate) admin_client: bool,
     /// Replace existing files.
     pub(crate) force: bool,
+    /// Write nothing, successfully, when every target exists.
+    pub(crate) keep_existing: bool,
     /// Validity of node and admin certificates, in days.
     pub(crate) days: u32,
 }
@@ -140,6 +142,8 @@ pub(crate) struct AddOptions<'a> {
     pub(crate) node: &'a NodeName,
     /// Replace existing files.
     pub(crate) force: bool,
+    /// Write nothing, successfully, when every target exists.
+    pub(crate) keep_existing: bool,
     /// Validity of the node certificate, in days.
     pub(crate) days: u32,
 }
@@ -151,6 +155,8 @@ pub(crate) struct Report {
     pub(crate) dir: PathBuf,
     /// Every file written, in write order.
     pub(crate) files: Vec<WrittenFile>,
+    /// `--keep-existing` found every file in place and wrote nothing.
+    pub(crate) kept_existing: bool,
 }
 
 /// One file written.
@@ -260,7 +266,9 @@ pub(crate) fn init(opts: &InitOptions<'_>, now: SystemTime) -> Result<Report, Ce
         )?);
     }
 
-    check_targets(&files, opts.force)?;
+    if check_targets(&files, opts.force, opts.keep_existing)? == Targets::AllExist {
+        return Ok(Report::kept(opts.out));
+    }
     create_dir(opts.out)?;
     write_files(opts.out, files, opts.force)
 }
@@ -283,7 +291,9 @@ pub(crate) fn add(opts: &AddOptions<'_>, now: SystemTime) -> Result<Report, Cert
         Role::Node,
         &window,
     )?;
-    check_targets(&files, opts.force)?;
+    if check_targets(&files, opts.force, opts.keep_existing)? == Targets::AllExist {
+        return Ok(Report::kept(opts.ca_dir));
+    }
     write_files(opts.ca_dir, files.into(), opts.force)
 }
 
@@ -294,9 +304,29 @@ fn check_not_reserved(node: &NodeName) -> Result<(), CertError> {
     Ok(())
 }
 
-/// Fails with every existing target unless `force`. Anything at the path counts as existing,
-/// including a dangling symlink, since writing would replace it.
-fn check_targets(files: &[Planned], force: bool) -> Result<(), CertError> {
+/// What the targets of a run look like.
+#[derive(Debug, PartialEq, Eq)]
+enum Targets {
+    /// Write them (none exists, or `force`).
+    Write,
+    /// Every one exists and `keep_existing` asked to keep them.
+    AllExist,
+}
+
+impl Report {
+    fn kept(dir: &Path) -> Report {
+        Report {
+            dir: dir.to_owned(),
+            files: Vec::new(),
+            kept_existing: true,
+        }
+    }
+}
+
+/// Fails with every existing target unless `force` (or, with `keep`, unless all exist).
+/// Anything at the path counts as existing, including a dangling symlink, since writing would
+/// replace it.
+fn check_targets(files: &[Planned], force: bool, keep: bool) -> Result<Targets, CertError> {
     let mut existing = Vec::new();
     for Planned { path, .. } in files {
         match fs::symlink_metadata(path) {
@@ -312,7 +342,9 @@ fn check_targets(files: &[Planned], force: bool) -> Result<(), CertError> {
         }
     }
     if existing.is_empty() || force {
-        Ok(())
+        Ok(Targets::Write)
+    } else if keep && existing.len() == files.len() {
+        Ok(Targets::AllExist)
     } else {
         Err(CertError::WouldOverwrite(existing))
     }
@@ -559,6 +591,7 @@ fn write_files(dir: &Path, planned: Vec<Planned>, force: bool) -> Result<Report,
     Ok(Report {
         dir: dir.to_owned(),
         files: written,
+        kept_existing: false,
     })
 }
 
@@ -621,6 +654,7 @@ mod tests {
                     nodes: &nodes,
                     admin_client: false,
                     force: false,
+                    keep_existing: false,
                     days: DEFAULT_DAYS,
                 },
                 SystemTime::now(),
@@ -645,6 +679,7 @@ mod tests {
                 nodes: &names(&["edge-1"]),
                 admin_client: false,
                 force: false,
+                keep_existing: false,
                 days: DEFAULT_DAYS,
             },
             issued,
@@ -657,6 +692,7 @@ mod tests {
                     ca_dir: dir.path(),
                     node: &node,
                     force: true,
+                    keep_existing: false,
                     days,
                 },
                 issued + std::time::Duration::from_secs(days_later * 86_400),

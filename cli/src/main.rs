@@ -51,6 +51,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         nodes,
                         admin_client: *admin_client,
                         force: issue.force,
+                        keep_existing: issue.keep_existing,
                         days: issue.days,
                     },
                     now,
@@ -64,6 +65,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         ca_dir,
                         node,
                         force: issue.force,
+                        keep_existing: issue.keep_existing,
                         days: issue.days,
                     },
                     now,
@@ -100,6 +102,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn print_report(out: &mut impl Write, report: &certs::Report, json: bool) -> io::Result<()> {
     if json {
         return output::write_json(out, report);
+    }
+    if report.kept_existing {
+        return writeln!(out, "kept the existing files in {}", report.dir.display());
     }
     writeln!(
         out,

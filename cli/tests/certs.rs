@@ -453,3 +453,50 @@ fn add_refuses_an_unusable_ca() {
         "ca.pem",
     );
 }
+
+#[test]
+fn keep_existing_succeeds_without_writing_when_the_fleet_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("certs");
+    let init = |extra: &[&str]| {
+        let mut args = vec![
+            "certs",
+            "init",
+            "--out",
+            out.to_str().unwrap(),
+            "--nodes",
+            "edge-1,edge-2",
+        ];
+        args.extend_from_slice(extra);
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluicectl"))
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    assert!(
+        init(&["--keep-existing"]).status.success(),
+        "the first run writes the fleet"
+    );
+    let ca = std::fs::read(out.join("ca.pem")).unwrap();
+    let again = init(&["--keep-existing"]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(String::from_utf8_lossy(&again.stdout).contains("kept the existing files"));
+    assert_eq!(
+        std::fs::read(out.join("ca.pem")).unwrap(),
+        ca,
+        "nothing was rewritten"
+    );
+    // Only part of the fleet in place: refused as without the flag, nothing written.
+    std::fs::remove_file(out.join("edge-2.key")).unwrap();
+    let partial = init(&["--keep-existing"]);
+    assert!(!partial.status.success());
+    assert!(!out.join("edge-2.key").exists());
+    assert!(
+        !init(&["--keep-existing", "--force"]).status.success(),
+        "the two flags conflict"
+    );
+}
