@@ -184,14 +184,50 @@ impl Drop for ActiveConn {
     }
 }
 
+/// What the connection rules decided on accept for a connection whose client is its peer
+/// (no PROXY header to wait for): run in the accept loop, so a refused connection costs no
+/// task, no span and no socket option.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    tracks: ConnTracks,
+    outcome: Outcome,
+}
+
+/// Runs the connection rules of `fe` for a connection from `peer` in the accept loop, when
+/// they can run there (no `accept_proxy`). `Ok(None)`: they run in the connection's task.
+/// `Err(())`: refused — counted, and closed with a reset, unread.
+pub(crate) fn admit(
+    stream: &TcpStream,
+    peer: SocketAddr,
+    fe: &Frontend,
+) -> Result<Option<Admitted>, ()> {
+    let Some(engine) = &fe.rules else {
+        return Ok(None);
+    };
+    if fe.config.accept_proxy {
+        return Ok(None);
+    }
+    let mut tracks = ConnTracks::new(fe.clock);
+    let (go, outcome) = engine.on_connection(peer.ip().to_canonical(), &mut tracks);
+    if !go {
+        fe.metrics.conn_opened(outcome);
+        // A reset, as HAProxy's `reject`: no FIN exchange and no TIME_WAIT for a connection
+        // that was never served. Dropping `tracks` ends the connection in the entries.
+        let _ = stream.set_zero_linger();
+        return Err(());
+    }
+    Ok(Some(Admitted { tracks, outcome }))
+}
+
 /// Handles an accepted connection to the end. `_permit` holds its place under the frontend's
-/// `max_connections` until then.
+/// `max_connections` until then. `admitted`: the connection rules already ran ([`admit`]).
 pub(crate) async fn handle(
     stream: TcpStream,
     peer: SocketAddr,
     fe: Arc<Frontend>,
     token: CancellationToken,
     _permit: OwnedSemaphorePermit,
+    admitted: Option<Admitted>,
 ) {
     // A dual-stack listener sees IPv4 clients as `::ffff:a.b.c.d`; rules, hashing and
     // `X-Forwarded-For` want the IPv4 address.
@@ -230,19 +266,21 @@ pub(crate) async fn handle(
 
         // Connection rules run before a byte of the client's own is read (only the PROXY
         // header, which names the client, came first).
-        let mut tracks = ConnTracks::new(fe.clock);
-        let outcome = match &fe.rules {
-            None => Outcome::Allowed,
-            Some(engine) => {
+        let (tracks, outcome) = match (&fe.rules, admitted) {
+            (_, Some(a)) => (a.tracks, a.outcome),
+            (None, None) => (ConnTracks::new(fe.clock), Outcome::Allowed),
+            (Some(engine), None) => {
+                let mut tracks = ConnTracks::new(fe.clock);
                 let (go, outcome) = engine.on_connection(client.ip(), &mut tracks);
                 if !go {
                     fe.metrics.conn_opened(outcome);
                     debug!("connection rejected by a rule");
-                    // Dropping the stream closes it unread; dropping `tracks` ends the
+                    // Closed unread, with a reset (see `admit`); dropping `tracks` ends the
                     // connection in the tracked entries.
+                    let _ = io.get_ref().set_zero_linger();
                     return;
                 }
-                outcome
+                (tracks, outcome)
             }
         };
         fe.metrics.conn_opened(outcome);

@@ -17,7 +17,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -27,9 +26,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug};
 
 use crate::backend::stick::Stuck;
-use crate::backend::{ActiveGuard, Server, connect_http};
+use crate::backend::{ActiveGuard, ExchangeError, Server, Upstream, connect_http};
 use crate::conn::{Activity, ConnCtx, watchdog};
-use crate::io::ReqBody;
+use crate::io::{Prefixed, ReqBody};
 use crate::metrics::Outcome;
 use crate::rules::track::{Meter, Tracks};
 use crate::rules::{self, Decision, RateLimitInfo};
@@ -312,12 +311,12 @@ async fn forward(
             return local(StatusCode::SERVICE_UNAVAILABLE, "no server available\n");
         };
         let guard = server.begin();
-        let (mut sender, reused) = match server.pool.take() {
-            Some(sender) => (sender, true),
+        let (mut conn, reused) = match server.pool.take() {
+            Some(conn) => (conn, true),
             // Boxed: opening a connection is rare with keep-alive, and keeping its state out of
             // this future keeps the per-request future (moved into hyper once) small.
-            None => match Box::pin(connect_http(server, &fe.bg)).await {
-                Ok(sender) => (sender, false),
+            None => match Box::pin(connect_http(server)).await {
+                Ok(conn) => (conn, false),
                 Err(error) => {
                     debug!(server = %server.name, %error, "cannot connect to server");
                     // Nothing was sent, so an idempotent request may go to another server.
@@ -330,8 +329,16 @@ async fn forward(
                 }
             },
         };
-        let sent = sender.try_send_request(req);
-        let result = tokio::time::timeout(backend.limits().response_timeout, sent).await;
+        // The exchange runs in this task: the request is written, then the response head read
+        // within the response timeout; its body streams from the connection as the client
+        // connection writes it.
+        let result = match conn.send(&mut req).await {
+            Ok(()) => {
+                let limit = backend.limits().response_timeout;
+                tokio::time::timeout(limit, conn.read_head(req.method())).await
+            }
+            Err(e) => Ok(Err(e)),
+        };
         let server = guard.server();
         match result {
             Ok(Ok(resp)) => {
@@ -346,23 +353,27 @@ async fn forward(
                     .and_then(|s| s.commit(&stuck, server, client, &ctx.stick_touched, fe.clock));
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     return match upgrade.take() {
-                        Some((_, on)) => switch_protocols(ctx, own, resp, on, sender, guard),
+                        Some((_, on)) => switch_protocols(ctx, own, resp, on, guard),
                         None => local(StatusCode::BAD_GATEWAY, "bad gateway\n"),
                     };
                 }
-                return proxied_response(ctx, resp, sender, guard, set_cookie);
+                return proxied_response(ctx, resp, guard, set_cookie);
             }
-            Ok(Err(mut e)) => {
-                if let Some(back) = e.take_message() {
-                    // The request never left: a pooled connection had closed under us.
-                    if reused && stale < MAX_STALE_RETRIES {
-                        stale += 1;
-                        req = back;
-                        continue;
-                    }
+            Ok(Err(e)) => {
+                // A pooled connection the server had closed just as it was taken: the request
+                // did not leave (the first write failed), or — for a request without a body
+                // that may be repeated — the server closed without answering a byte.
+                let retry = match &e {
+                    ExchangeError::NotSent(_) => true,
+                    ExchangeError::EmptyResponse => idempotent && req.body().is_end_stream(),
+                    _ => false,
+                };
+                if retry && reused && stale < MAX_STALE_RETRIES {
+                    stale += 1;
+                    continue;
                 }
                 server.metrics.response_errors.fetch_add(1, Relaxed);
-                debug!(server = %server.name, error = %e.error(), "backend request failed");
+                debug!(server = %server.name, error = %e, "backend request failed");
                 return local(StatusCode::BAD_GATEWAY, "bad gateway\n");
             }
             Err(_) => {
@@ -396,12 +407,17 @@ fn upgrade_request<B>(req: &mut Request<B>) -> Option<(HeaderValue, OnUpgrade)> 
 fn switch_protocols(
     ctx: &Arc<ConnCtx>,
     own: &Tracks,
-    mut resp: Response<Incoming>,
+    resp: Response<Upstream>,
     client: OnUpgrade,
-    sender: SendRequest<ReqBody>,
     guard: ActiveGuard,
 ) -> Response<ProxyBody> {
-    let backend = hyper::upgrade::on(&mut resp);
+    let (parts, body) = resp.into_parts();
+    // The backend connection is the tunnel now; it never returns to the pool. Bytes the
+    // server sent after its 101 head go first.
+    let backend = body.into_conn().map(|c| {
+        let (io, rest) = c.into_parts();
+        Prefixed::new(rest, io)
+    });
     let idle = ctx.frontend.config.limits.idle_timeout;
     let meters = match &ctx.frontend.rules {
         Some(_) => {
@@ -417,26 +433,18 @@ fn switch_protocols(
     let conn = ctx.clone();
     let tunnel = async move {
         let _conn = conn;
-        let (client, backend) = tokio::join!(client, backend);
-        // The backend connection is the tunnel now; it never returns to the pool.
-        drop(sender);
-        let (client, backend) = match (client, backend) {
-            (Ok(c), Ok(b)) => (c, b),
-            (Err(error), _) | (_, Err(error)) => {
+        let client = match client.await {
+            Ok(c) => c,
+            Err(error) => {
                 debug!(%error, "protocol switch failed");
                 return;
             }
         };
+        let Some(backend) = backend else {
+            return;
+        };
         let activity = Activity::new();
-        match tcp_proxy::tunnel(
-            TokioIo::new(client),
-            TokioIo::new(backend),
-            &activity,
-            idle,
-            meters,
-        )
-        .await
-        {
+        match tcp_proxy::tunnel(TokioIo::new(client), backend, &activity, idle, meters).await {
             Ok(Some((up, down))) => {
                 debug!(server = %guard.server().name, bytes.up = up, bytes.down = down, "upgraded connection closed")
             }
@@ -449,7 +457,7 @@ fn switch_protocols(
     ctx.frontend
         .tunnels
         .spawn(tunnel.instrument(tracing::Span::current()));
-    let (mut parts, _) = resp.into_parts();
+    let mut parts = parts;
     let proto = parts.headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers);
     parts
@@ -499,11 +507,12 @@ fn prepare_request<B>(ctx: &ConnCtx, req: &mut Request<B>) {
 
 /// Adds `value` to a list header, joining with an existing value so the header stays single.
 fn append(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderValue) {
-    match headers.get_mut(name) {
-        None => {
-            headers.insert(name.clone(), value.clone());
+    match headers.entry(name) {
+        header::Entry::Vacant(v) => {
+            v.insert(value.clone());
         }
-        Some(existing) => {
+        header::Entry::Occupied(mut o) => {
+            let existing = o.get_mut();
             let mut joined = Vec::with_capacity(existing.len() + 2 + value.len());
             joined.extend_from_slice(existing.as_bytes());
             joined.extend_from_slice(b", ");
@@ -515,9 +524,24 @@ fn append(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderValue) {
     }
 }
 
+/// Whether `name` is one of the fixed hop-by-hop headers (RFC 9110 §7.6.1).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 /// Removes the headers that describe one hop (RFC 9110 §7.6.1), including those the
 /// `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests have none: one pass over the names, no lookup.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let header::Entry::Occupied(conn) = headers.entry(header::CONNECTION) {
         let (_, values) = conn.remove_entry_mult();
         let named: Vec<HeaderName> = values
@@ -550,13 +574,15 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 fn proxied_response(
     ctx: &ConnCtx,
-    resp: Response<Incoming>,
-    sender: SendRequest<ReqBody>,
+    resp: Response<Upstream>,
     guard: ActiveGuard,
     set_cookie: Option<HeaderValue>,
 ) -> Response<ProxyBody> {
+    // The response's hop-by-hop headers were left out as it was parsed.
     let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
+    // The version is the server's hop; the client's is ours. An HTTP/1.0 server's answer goes
+    // to an HTTP/1.1 client chunked, and the client's connection stays open.
+    parts.version = Version::HTTP_11;
     if let Some(via) = &ctx.frontend.via {
         append(&mut parts.headers, &header::VIA, via);
     }
@@ -568,7 +594,7 @@ fn proxied_response(
         ProxyBody {
             kind: Kind::Upstream {
                 body,
-                release: Some((sender, guard)),
+                guard: Some(guard),
             },
             conn: None,
             meter: None,
@@ -604,19 +630,20 @@ pub(crate) struct ProxyBody {
 #[derive(Debug)]
 enum Kind {
     Upstream {
-        body: Incoming,
-        release: Option<(SendRequest<ReqBody>, ActiveGuard)>,
+        body: Upstream,
+        guard: Option<ActiveGuard>,
     },
     Local(Option<Bytes>),
 }
 
 impl ProxyBody {
     fn finish(&mut self, complete: bool) {
-        if let Kind::Upstream { release, .. } = &mut self.kind
-            && let Some((sender, guard)) = release.take()
+        if let Kind::Upstream { body, guard } = &mut self.kind
+            && let Some(guard) = guard.take()
             && complete
+            && let Some(conn) = body.take_reusable()
         {
-            guard.server().pool.put(sender);
+            guard.server().pool.put(conn);
         }
         // Dropping the request's `InFlight` ends it.
         self.conn = None;
@@ -625,15 +652,17 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = std::io::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = &mut *self;
         let polled = match &mut this.kind {
-            Kind::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            Kind::Upstream { body, .. } => {
+                body.poll_data(cx).map(|d| d.map(|d| d.map(Frame::data)))
+            }
             Kind::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
         match &polled {

@@ -80,14 +80,26 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
 /// store `bytes_in_*` (one table operation per chunk) when there are any.
 #[derive(Debug)]
 pub struct ReqBody {
-    inner: Incoming,
+    /// `None` once taken away to be sent.
+    inner: Option<Incoming>,
     meter: Option<Meter>,
 }
 
 impl ReqBody {
     /// Wraps a client's request body.
     pub(crate) fn new(inner: Incoming, meter: Option<Meter>) -> ReqBody {
-        ReqBody { inner, meter }
+        ReqBody {
+            inner: Some(inner),
+            meter,
+        }
+    }
+
+    /// Takes the body away, leaving an empty one.
+    pub(crate) fn take(&mut self) -> ReqBody {
+        ReqBody {
+            inner: self.inner.take(),
+            meter: self.meter.take(),
+        }
     }
 }
 
@@ -100,7 +112,10 @@ impl Body for ReqBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
         if let (Some(m), Poll::Ready(Some(Ok(frame)))) = (&mut this.meter, &polled)
             && let Some(data) = frame.data_ref()
         {
@@ -110,10 +125,12 @@ impl Body for ReqBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }

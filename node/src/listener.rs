@@ -185,7 +185,19 @@ pub(crate) fn spawn_accept(
                 },
             };
             let fe = current.read().clone();
-            conns.spawn(conn::handle(stream, peer, fe, conn_token.clone(), permit));
+            // Connection rules run here when they can, so a refused connection (a flood)
+            // costs no task.
+            let Ok(admitted) = conn::admit(&stream, peer, &fe) else {
+                continue;
+            };
+            conns.spawn(conn::handle(
+                stream,
+                peer,
+                fe,
+                conn_token.clone(),
+                permit,
+                admitted,
+            ));
         }
         info!(addr = ?listener.local_addr().ok(), "listener closed");
     });

@@ -6,6 +6,7 @@
 //! object (and so its health state and idle connections). Server selection is lock-free:
 //! health and load live in atomics, and only the pool of idle connections takes a short lock.
 
+mod h1;
 mod health;
 mod pool;
 pub(crate) mod stick;
@@ -24,6 +25,7 @@ use tracing::{info, warn};
 use crate::config::{BackendConfig, Balance, CheckConfig, Limits, ServerConfig};
 use crate::metrics::{BackendMetrics, Registry, ServerMetrics};
 
+pub use h1::{BackendConn, ExchangeError, Upstream};
 pub use pool::{Pool, connect_http};
 
 /// The owner of background work (health checks, DNS, backend connection drivers): spawned tasks
