@@ -430,10 +430,6 @@ fn a_rolling_restart_under_traffic_fails_no_request_and_loses_no_entry() {
 /// A client that connects just as the node starts draining sends its request a moment after
 /// the node accepted it; the steady traffic above hits that window only by chance.
 #[test]
-#[ignore = "sluice closes, unanswered, a connection it accepted whose request has not begun \
-            to arrive when draining starts (hyper's graceful_shutdown on a connection still \
-            waiting for its first request, node/src/http_proxy.rs); the request half-sent is \
-            answered"]
 fn a_draining_node_answers_every_connection_it_accepted() {
     if !enabled("a_draining_node_answers_every_connection_it_accepted") {
         return;

@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use http::HeaderValue;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span};
@@ -95,6 +95,8 @@ pub(crate) struct Activity {
     seen: AtomicU64,
     /// Milliseconds from `started` to the last end of activity.
     last_ms: AtomicU64,
+    /// Notified when the first request begins (see [`Activity::first_request`]).
+    first: Notify,
 }
 
 impl Activity {
@@ -104,6 +106,7 @@ impl Activity {
             in_flight: AtomicU32::new(0),
             seen: AtomicU64::new(0),
             last_ms: AtomicU64::new(0),
+            first: Notify::new(),
         }
     }
 
@@ -111,7 +114,23 @@ impl Activity {
     #[inline]
     pub(crate) fn begin(&self, now: Instant) {
         self.in_flight.fetch_add(1, Relaxed);
-        self.mark(now);
+        if self.mark(now) == 0 {
+            self.first.notify_one();
+        }
+    }
+
+    /// Whether a request has begun on the connection (or, for TCP, a byte has moved).
+    pub(crate) fn has_begun(&self) -> bool {
+        self.seen.load(Relaxed) > 0
+    }
+
+    /// Resolves once the first request has begun.
+    pub(crate) async fn first_request(&self) {
+        // `notify_one` keeps a permit when nobody waits yet, so a request that begins between
+        // the check and the wait is not missed.
+        if !self.has_begun() {
+            self.first.notified().await;
+        }
     }
 
     /// A request's response ended (or was abandoned).
@@ -127,11 +146,12 @@ impl Activity {
         self.mark(Instant::now());
     }
 
+    /// Records activity at `now`; returns how many times activity was seen before.
     #[inline]
-    fn mark(&self, now: Instant) {
+    fn mark(&self, now: Instant) -> u64 {
         let ms = u64::try_from((now - self.started).as_millis()).unwrap_or(u64::MAX);
         self.last_ms.store(ms, Relaxed);
-        self.seen.fetch_add(1, Relaxed);
+        self.seen.fetch_add(1, Relaxed)
     }
 }
 

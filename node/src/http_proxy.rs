@@ -135,6 +135,7 @@ async fn drive<C: Graceful>(mut conn: Pin<&mut C>, ctx: &ConnCtx, token: &Cancel
     // head, which then gets a 504) and a little more; after that the exchange is stuck.
     let stall = ctx.frontend.backend.limits().response_timeout + Duration::from_secs(1);
     let mut draining = false;
+    let mut awaiting_first = false;
     loop {
         tokio::select! {
             biased;
@@ -145,9 +146,20 @@ async fn drive<C: Graceful>(mut conn: Pin<&mut C>, ctx: &ConnCtx, token: &Cancel
                 return;
             }
             _ = token.cancelled(), if !draining => {
-                // Finish the request in flight, then close instead of keeping alive.
-                conn.as_mut().shutdown();
                 draining = true;
+                // Finish the request in flight, then close instead of keeping alive. A
+                // connection accepted before the drain whose first request has not arrived is
+                // owed an answer too (hyper would close it unanswered): it has until the header
+                // timeout, as any new connection, and is shut down once the request begins.
+                if ctx.activity.has_begun() {
+                    conn.as_mut().shutdown();
+                } else {
+                    awaiting_first = true;
+                }
+            }
+            _ = ctx.activity.first_request(), if awaiting_first => {
+                awaiting_first = false;
+                conn.as_mut().shutdown();
             }
             _ = watchdog(&ctx.activity, limits.header_timeout, limits.keepalive_timeout, Some(stall)) => {
                 debug!("closing idle or too slow client connection");

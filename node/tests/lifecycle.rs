@@ -108,6 +108,67 @@ async fn graceful_shutdown_finishes_an_in_flight_request() {
     a.stop().await;
 }
 
+/// Whether the node's `/metrics` say `web` has `n` client connections open.
+fn connections_active(n: &TestNode, want: u64) -> bool {
+    let line = format!("sluice_connections_active{{frontend=\"web\"}} {want}\n");
+    n.node.render_metrics().contains(&line)
+}
+
+#[tokio::test]
+async fn draining_answers_connections_whose_request_had_not_arrived() {
+    use tokio::io::AsyncWriteExt;
+    let a = TestBackend::start("a").await;
+    let n = TestNode::start(&http_config(&[&a], "", "")).await;
+    let web = n.addr("web");
+    // One connection quiet, one with half a request head: both accepted before the drain.
+    let mut quiet = tokio::net::TcpStream::connect(web).await.unwrap();
+    let mut half = tokio::net::TcpStream::connect(web).await.unwrap();
+    half.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .unwrap();
+    wait_until(5 * SECOND, "two connections accepted", || async {
+        connections_active(&n, 2)
+    })
+    .await;
+
+    let mut phase = n.node.phase();
+    n.token.cancel();
+    let node = n.node.clone();
+    let stopped = tokio::spawn(async move { node.stopped().await });
+    tokio::time::timeout(5 * SECOND, phase.wait_for(|p| *p != Phase::Serving))
+        .await
+        .unwrap()
+        .unwrap();
+    wait_until(5 * SECOND, "listener closed", || async {
+        tokio::net::TcpStream::connect(web).await.is_err()
+    })
+    .await;
+
+    half.write_all(b"\r\n").await.unwrap();
+    quiet
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    for (which, s) in [("half-sent", &mut half), ("not yet sent", &mut quiet)] {
+        let (out, closed) = util::read_to_close(s, 5 * SECOND).await;
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 200"), "{which}: {out:?}");
+        assert!(
+            out.to_lowercase().contains("connection: close"),
+            "{which}: {out:?}"
+        );
+        assert!(closed, "{which}: closed after its answer");
+    }
+    assert!(
+        tokio::time::timeout(5 * SECOND, stopped)
+            .await
+            .unwrap()
+            .unwrap(),
+        "drained in time"
+    );
+    a.stop().await;
+}
+
 #[tokio::test]
 async fn metrics_healthz_and_readyz() {
     let a = TestBackend::start("a").await;
