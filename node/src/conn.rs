@@ -217,7 +217,7 @@ pub(crate) struct Admitted {
 /// they can run there (no `accept_proxy`). `Ok(None)`: they run in the connection's task.
 /// `Err(())`: refused — counted, and closed with a reset, unread.
 pub(crate) fn admit(
-    stream: &TcpStream,
+    stream: &std::net::TcpStream,
     peer: SocketAddr,
     fe: &Frontend,
 ) -> Result<Option<Admitted>, ()> {
@@ -233,7 +233,7 @@ pub(crate) fn admit(
         fe.metrics.conn_opened(outcome);
         // A reset, as HAProxy's `reject`: no FIN exchange and no TIME_WAIT for a connection
         // that was never served. Dropping `tracks` ends the connection in the entries.
-        let _ = stream.set_zero_linger();
+        let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
         return Err(());
     }
     Ok(Some(Admitted { tracks, outcome }))

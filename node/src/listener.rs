@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use parking_lot::RwLock;
+use tokio::io::unix::AsyncFd;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use sluice_sync::{NodeClock, Tables};
 
@@ -158,6 +159,20 @@ pub(crate) fn spawn_accept(
 ) {
     let conns = tracker.clone();
     tracker.spawn(async move {
+        // Accepted through the standard library on the reactor's readiness: a connection is
+        // registered with the reactor only once the connection rules admit it, so one they
+        // refuse (a flood) costs accept, setsockopt and close, as in HAProxy, and not two
+        // more epoll_ctl calls.
+        // `AsyncFd::new` is deprecated because an `AsRawFd` type may hand out a descriptor it
+        // does not own; a `std::net::TcpListener` owns its descriptor for its whole life.
+        #[allow(deprecated)]
+        let listener = match listener.into_std().and_then(AsyncFd::new) {
+            Ok(l) => l,
+            Err(error) => {
+                warn!(%error, "cannot run the accept loop");
+                return;
+            }
+        };
         let mut backoff = Duration::from_millis(5);
         loop {
             let sem = current.read().conns.clone();
@@ -173,7 +188,7 @@ pub(crate) fn spawn_accept(
             let (stream, peer) = tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
-                r = listener.accept() => match r {
+                r = accept(&listener) => match r {
                     Ok(x) => { backoff = Duration::from_millis(5); x }
                     Err(error) => {
                         // Out of file descriptors or similar: back off instead of spinning.
@@ -190,6 +205,16 @@ pub(crate) fn spawn_accept(
             let Ok(admitted) = conn::admit(&stream, peer, &fe) else {
                 continue;
             };
+            let stream = match stream
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpStream::from_std(stream))
+            {
+                Ok(s) => s,
+                Err(error) => {
+                    debug!(%error, "cannot register an accepted connection");
+                    continue;
+                }
+            };
             conns.spawn(conn::handle(
                 stream,
                 peer,
@@ -199,6 +224,18 @@ pub(crate) fn spawn_accept(
                 admitted,
             ));
         }
-        info!(addr = ?listener.local_addr().ok(), "listener closed");
+        info!(addr = ?listener.get_ref().local_addr().ok(), "listener closed");
     });
+}
+
+/// The next connection on `listener`, a blocking-mode socket not yet known to the reactor.
+async fn accept(
+    listener: &AsyncFd<std::net::TcpListener>,
+) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+    loop {
+        let mut ready = listener.readable().await?;
+        if let Ok(result) = ready.try_io(|l| l.get_ref().accept()) {
+            return result;
+        }
+    }
 }
