@@ -26,6 +26,12 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A session that lasted this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(10);
+/// For this long after an established session ends, the peer is most likely restarting: it is
+/// looked for again every [`RESTART_POLL`] (jittered) instead of on the growing backoff, so a
+/// restarted peer (which waits to be dialed when its name sorts after this node's) is back and
+/// resynced within tens of milliseconds of listening again.
+const RESTART_WATCH: Duration = Duration::from_secs(3);
+const RESTART_POLL: Duration = Duration::from_millis(25);
 
 pub(super) fn spawn(shared: Arc<Shared>, name: String, addr: String, cancel: CancellationToken) {
     let s = shared.clone();
@@ -38,6 +44,10 @@ pub(super) fn spawn(shared: Arc<Shared>, name: String, addr: String, cancel: Can
 async fn dial_loop(shared: Arc<Shared>, name: String, addr: String, cancel: CancellationToken) {
     let stats = shared.peer_stats(&name, &addr);
     let mut failures = 0u32;
+    // When the last established session ended.
+    let mut lost: Option<Instant> = None;
+    // Whether this outage has been logged as a warning already.
+    let mut warned = false;
     loop {
         if cancel.is_cancelled() {
             return;
@@ -47,6 +57,12 @@ async fn dial_loop(shared: Arc<Shared>, name: String, addr: String, cancel: Canc
             r = connect_and_run(&shared, &name, &addr) => r,
             _ = cancel.cancelled() => return,
         };
+        if result.is_ok() {
+            warned = false;
+        }
+        if matches!(result, Ok(End::Closed(_) | End::Failed(_))) {
+            lost = Some(Instant::now());
+        }
         match result {
             Ok(End::Cancelled) => {}
             Ok(End::Closed(reason)) => {
@@ -56,7 +72,8 @@ async fn dial_loop(shared: Arc<Shared>, name: String, addr: String, cancel: Canc
                 );
             }
             Ok(End::Failed(why)) | Err(why) => {
-                if failures == 0 {
+                if !warned {
+                    warned = true;
                     tracing::warn!(reason = %why, "session failed");
                 } else {
                     tracing::debug!(reason = %why, "session failed again");
@@ -67,8 +84,13 @@ async fn dial_loop(shared: Arc<Shared>, name: String, addr: String, cancel: Canc
         if started.elapsed() >= STABLE {
             failures = 0;
         }
-        let delay = backoff(failures);
-        failures = failures.saturating_add(1);
+        let delay = match lost {
+            Some(at) if at.elapsed() < RESTART_WATCH => jittered(RESTART_POLL),
+            _ => {
+                failures = failures.saturating_add(1);
+                backoff(failures - 1)
+            }
+        };
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
@@ -82,7 +104,12 @@ fn backoff(failures: u32) -> Duration {
     let exp = BACKOFF_MIN
         .saturating_mul(1u32 << failures.min(16))
         .min(BACKOFF_MAX);
-    let half = exp / 2;
+    jittered(exp)
+}
+
+/// Between half of `d` and `d`, uniformly.
+fn jittered(d: Duration) -> Duration {
+    let half = d / 2;
     half + half.mul_f64(rand::rng().random::<f64>())
 }
 
@@ -218,5 +245,13 @@ mod tests {
             assert!(d >= exp / 2 && d <= exp, "failure {f}: {d:?}");
         }
         assert!(backoff(30) <= BACKOFF_MAX);
+    }
+
+    #[test]
+    fn jitter_stays_between_half_and_whole() {
+        for _ in 0..1000 {
+            let d = jittered(RESTART_POLL);
+            assert!(d >= RESTART_POLL / 2 && d <= RESTART_POLL, "{d:?}");
+        }
     }
 }
