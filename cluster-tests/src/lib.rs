@@ -52,33 +52,50 @@ pub fn bins() -> &'static Bins {
             .and_then(Path::parent)
             .expect("test binary in TARGET/PROFILE/deps");
         let target_dir = profile_dir.parent().expect("TARGET/PROFILE");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "sluice-node",
-                "--bin",
-                "sluice",
-                "-p",
-                "sluice-cli",
-                "--bin",
-                "sluicectl",
-            ])
-            .arg("--target-dir")
-            .arg(target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        build.arg("--release");
-        let status = build.status().expect("run cargo build");
-        assert!(status.success(), "building sluice and sluicectl failed");
-        let release = target_dir.join("release");
+        let release = build_release(target_dir).expect("building sluice and sluicectl");
         Bins {
             sluice: release.join("sluice"),
             sluicectl: release.join("sluicectl"),
         }
     })
+}
+
+/// Builds `sluice` and `sluicectl` in release mode into `target_dir` with the cargo that runs
+/// this process, and returns the directory they are in (`TARGET/release`).
+pub fn build_release(target_dir: &Path) -> std::io::Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "sluice-node",
+            "--bin",
+            "sluice",
+            "-p",
+            "sluice-cli",
+            "--bin",
+            "sluicectl",
+        ])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()?;
+    if !status.success() {
+        return Err(std::io::Error::other(format!("cargo build: {status}")));
+    }
+    Ok(target_dir.join("release"))
+}
+
+/// A config list of named places on loopback (`sync.peers`, a backend's `servers`):
+/// `{ name = "N", addr = "127.0.0.1:P" }, …`.
+pub fn named_addrs(peers: &[(String, u16)]) -> String {
+    peers
+        .iter()
+        .map(|(n, p)| format!("{{ name = \"{n}\", addr = \"127.0.0.1:{p}\" }}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A free port on loopback (bound, then released for a process to bind).
@@ -426,11 +443,7 @@ impl Fleet {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let peers = peers
-            .iter()
-            .map(|(n, p)| format!("{{ name = \"{n}\", addr = \"127.0.0.1:{p}\" }}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let peers = named_addrs(peers);
         let servers = backends
             .iter()
             .map(|b| format!("{{ name = \"{}\", addr = \"{}\" }}", b.name, b.addr))

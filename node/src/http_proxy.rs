@@ -536,8 +536,9 @@ fn append(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderValue) {
     }
 }
 
-/// Whether `name` is one of the fixed hop-by-hop headers (RFC 9110 §7.6.1).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+/// Whether `name` is one of the fixed hop-by-hop headers (RFC 9110 §7.6.1). The backend
+/// client leaves them out of responses as it parses them.
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == header::CONNECTION
         || name == header::TE
         || name == header::TRAILER

@@ -64,17 +64,8 @@ impl SluiceNode {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let peers = peers
-            .iter()
-            .map(|(n, p)| format!("{{ name = \"{n}\", addr = \"127.0.0.1:{p}\" }}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let servers = spec
-            .servers
-            .iter()
-            .map(|(n, p)| format!("{{ name = \"{n}\", addr = \"127.0.0.1:{p}\" }}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let peers = cluster_tests::named_addrs(peers);
+        let servers = cluster_tests::named_addrs(&spec.servers);
         let stick = spec
             .stick
             .as_ref()

@@ -202,31 +202,8 @@ fn build_sluice() -> anyhow::Result<(PathBuf, PathBuf)> {
     let exe = std::env::current_exe().context("the harness's own path")?;
     let release = exe.parent().context("TARGET/release")?;
     let target = release.parent().context("TARGET")?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     super::report::note("building sluice and sluicectl (release)");
-    let ok = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "sluice-node",
-            "--bin",
-            "sluice",
-            "-p",
-            "sluice-cli",
-            "--bin",
-            "sluicectl",
-        ])
-        .arg("--target-dir")
-        .arg(target)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .context("cargo build")?
-        .success();
-    if !ok {
-        bail!("building sluice failed");
-    }
+    let release = cluster_tests::build_release(target).context("building sluice")?;
     Ok((release.join("sluice"), release.join("sluicectl")))
 }
 

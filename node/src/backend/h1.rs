@@ -260,15 +260,6 @@ impl BackendConn {
     }
 }
 
-/// Headers that describe one hop (RFC 9110 §7.6.1), other than `Connection` itself.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::TE
-        || name == header::TRAILER
-        || name == header::UPGRADE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
-}
-
 /// Most header fields whose place in the head [`head_len`] records; a head with more is
 /// parsed a second time by [`parse_head`].
 const FEW_HEADERS: usize = 16;
@@ -450,7 +441,7 @@ impl Fields {
             if !self.upgrade {
                 return Ok(());
             }
-        } else if !self.upgrade && is_hop_by_hop(&name) {
+        } else if !self.upgrade && crate::http_proxy::is_hop_by_hop(&name) {
             return Ok(());
         }
         self.map.append(name, value);
