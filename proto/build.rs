@@ -7,6 +7,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["."])?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Hand-written (src/table_contributions.rs): it stays encoded between the table and the wire.
+    tonic_prost_build::configure()
+        .extern_path(
+            ".sluice.sync.v1.TableContributions",
+            "crate::sync::v1::TableContributions",
+        )
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -17,8 +17,13 @@ pub mod sync {
             rust_2018_idioms
         )]
         include!(concat!(env!("OUT_DIR"), "/sluice.sync.v1.rs"));
+        pub use crate::table_contributions::{
+            ContributionIter, ContributionRef, TableContributions,
+        };
     }
 }
+
+mod table_contributions;
 
 /// `sluice.admin.v1`: the admin API of a node, spoken by `sluicectl`.
 pub mod admin {

@@ -6,7 +6,9 @@
 //!   `http_req_rate`), 1 thread and 2 threads on their own keys (per-op time per thread: equal
 //!   times mean linear scaling);
 //! - `create`: tracking a key the table does not hold, with room, and in a full table (evicts);
-//! - `apply`: checking and applying a remote origin's contribution, from memory and from bytes.
+//! - `apply`: checking and applying a remote origin's contribution, from memory and from bytes;
+//! - `resync`: what a restarted node does with a peer's snapshot of 100,000 entries: decode
+//!   its messages and apply them to an empty table (the receiving half of a resync).
 //!
 //! Results and the machine they came from are in `docs/benchmarks.md`.
 
@@ -19,7 +21,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use prost::Message;
 use sluice_proto::sync::v1 as pb;
 use sluice_sync::{
-    Cursor, DataType, Event, Hlc, Key, KeyType, OriginName, Origins, Table, TableSchema, Tick, wire,
+    Cursor, DataType, Event, Hlc, Key, KeyType, OriginName, Origins, Table, TableSchema, Tables,
+    Tick, wire,
 };
 
 const STORE: &[&str] = &["http_req_rate(10s)", "conn_cur", "gpc0"];
@@ -123,12 +126,21 @@ fn apply(c: &mut Criterion) {
         src.record(&mut h, Event::HttpReq, Tick(0));
         src.record(&mut h, Event::IncGpc0(1), Tick(0));
     }
-    let mut cs: Vec<(sluice_sync::OriginId, pb::Contribution)> = Vec::new();
+    let mut chunks: Vec<pb::TableContributions> = Vec::new();
     let mut cur = Cursor::new();
     while !cur.is_done() {
-        src.snapshot_chunk(&mut cur, 4096, Tick(1), &mut cs);
+        src.snapshot_chunk(&mut cur, 4096, Tick(1), &mut chunks);
     }
-    let mut cs: Vec<pb::Contribution> = cs.into_iter().map(|(_, c)| c).collect();
+    // Owned copies, so each iteration can bump a version.
+    let mut cs: Vec<(Vec<u8>, u32, u64, Vec<pb::Datum>)> = chunks
+        .iter()
+        .flat_map(|tc| tc.contributions())
+        .map(|c| {
+            let c = c.unwrap();
+            let data = c.data().collect::<Result<_, _>>().unwrap();
+            (c.key.to_vec(), c.idle_ms, c.epoch, data)
+        })
+        .collect();
     let dst = table(100_000);
     let remote = dst
         .origins()
@@ -137,24 +149,26 @@ fn apply(c: &mut Criterion) {
             incarnation: 1,
         })
         .unwrap();
-    let mut i = 0;
+    let mut i = 0u64;
     g.bench_function("contribution", |b| {
         b.iter(|| {
-            let c = &mut cs[i & 0xffff];
-            c.version += 1;
+            let (key, idle_ms, epoch, data) = &mut cs[i as usize & 0xffff];
             i += 1;
+            let c = wire::Contribution {
+                key,
+                version: i,
+                idle_ms: *idle_ms,
+                epoch: *epoch,
+                data,
+            };
             let checked = wire::check(c, dst.schema()).unwrap();
             black_box(dst.apply(remote, &checked, Tick(2)))
         })
     });
-    // The replication path: decode a 1,000-contribution batch from bytes, check and apply it.
-    let batch = pb::TableContributions {
-        table: "per_ip".into(),
-        origin: Some(pb::Origin {
-            node: "peer".into(),
-            incarnation: 1,
-        }),
-        contributions: cs[..1000].to_vec(),
+    // The replication path: read a 1,000-contribution batch from bytes, check and apply it.
+    let origin = pb::Origin {
+        node: "peer".into(),
+        incarnation: 1,
     };
     let mut versions = 1_000_000u64;
     g.throughput(criterion::Throughput::Elements(1000));
@@ -162,16 +176,26 @@ fn apply(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                let mut batch = batch.clone();
                 versions += 1;
-                batch
-                    .contributions
-                    .iter_mut()
-                    .for_each(|c| c.version = versions);
+                let mut batch = pb::TableContributions::new("per_ip", origin.clone());
+                for (key, idle_ms, epoch, data) in &cs[..1000] {
+                    batch.push(key, versions, *idle_ms, *epoch, data);
+                }
                 let bytes = batch.encode_to_vec();
                 let start = Instant::now();
                 let decoded = pb::TableContributions::decode(bytes.as_slice()).unwrap();
-                for c in &decoded.contributions {
+                let mut data = Vec::new();
+                for c in decoded.contributions() {
+                    let c = c.unwrap();
+                    data.clear();
+                    data.extend(c.data().map(Result::unwrap));
+                    let c = wire::Contribution {
+                        key: c.key,
+                        version: c.version,
+                        idle_ms: c.idle_ms,
+                        epoch: c.epoch,
+                        data: &data,
+                    };
                     let c = wire::check(c, dst.schema()).unwrap();
                     black_box(dst.apply(remote, &c, Tick(3)));
                 }
@@ -183,5 +207,56 @@ fn apply(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, hot, create, apply);
+fn resync(c: &mut Criterion) {
+    const N: u32 = 100_000;
+    let mut g = c.benchmark_group("resync");
+    g.sample_size(10);
+    let src = table(1_000_000);
+    for i in 0..N {
+        let mut h = src.track(ip_key(i), Tick(0));
+        src.record(&mut h, Event::HttpReq, Tick(0));
+        src.record(&mut h, Event::ConnOpen, Tick(0));
+        src.record(&mut h, Event::IncGpc0(1), Tick(0));
+    }
+    // The snapshot as the sender encodes it: messages of 4,096 contributions.
+    let mut messages = Vec::new();
+    let mut cur = Cursor::new();
+    while !cur.is_done() {
+        let mut tables = Vec::new();
+        src.snapshot_chunk(&mut cur, 4096, Tick(1), &mut tables);
+        let seq = messages.len() as u64 + 1;
+        messages.push(pb::Contributions { seq, tables }.encode_to_vec());
+    }
+    g.throughput(criterion::Throughput::Elements(N.into()));
+    g.bench_function("decode+apply 100,000 into an empty table", |b| {
+        b.iter_batched(
+            || {
+                let tables = Tables::new(
+                    OriginName {
+                        node: "restarted".into(),
+                        incarnation: 2,
+                    },
+                    5_000,
+                );
+                tables
+                    .reconcile(vec![table(1_000_000).schema().clone()])
+                    .unwrap();
+                tables
+            },
+            |tables| {
+                for m in &messages {
+                    let m = pb::Contributions::decode(m.as_slice()).unwrap();
+                    tables.apply_message(&m, None, Tick(2)).unwrap();
+                }
+                let n = tables.get("per_ip").unwrap().len();
+                assert_eq!(n, N as usize);
+                tables
+            },
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, hot, create, apply, resync);
 criterion_main!(benches);

@@ -325,7 +325,7 @@ impl Entry {
         rec[VERSION] = c.version;
         rec[EPOCH] = c.epoch;
         layout::set_meta(rec, origin, cx.now.minus(c.idle_ms));
-        for d in &c.data {
+        for d in c.data {
             let Some(f) = DataType::from_wire(d.r#type).and_then(|ty| l.field(ty)) else {
                 continue;
             };
@@ -343,11 +343,17 @@ impl Entry {
         (Applied::Updated, rebased)
     }
 
-    /// The contribution of record `i` in its wire form, ages measured at `now`; zero values
-    /// are left out.
-    pub(crate) fn export(&self, cx: &Ctx<'_>, i: usize) -> pb::Contribution {
+    /// Appends the contribution of record `i` to `out` in its wire form, ages measured at
+    /// `now`; zero values are left out. `data` is scratch space, reused between calls.
+    pub(crate) fn export(
+        &self,
+        cx: &Ctx<'_>,
+        i: usize,
+        data: &mut Vec<pb::Datum>,
+        out: &mut pb::TableContributions,
+    ) {
         let rec = self.rec(cx.layout, i);
-        let mut data = Vec::with_capacity(cx.layout.fields.len());
+        data.clear();
         for f in &cx.layout.fields {
             let r#type = f.ty.wire();
             let d = match f.cell {
@@ -382,13 +388,18 @@ impl Entry {
             };
             data.push(d);
         }
-        pb::Contribution {
-            key: self.key.as_bytes().to_vec(),
-            version: rec[VERSION],
-            idle_ms: cx.now.since(layout::touched(rec)),
-            epoch: layout::epoch(rec),
+        out.push(
+            self.key.as_bytes(),
+            rec[VERSION],
+            cx.now.since(layout::touched(rec)),
+            layout::epoch(rec),
             data,
-        }
+        );
+    }
+
+    /// Milliseconds since record `i`'s origin touched the entry.
+    pub(crate) fn record_idle(&self, cx: &Ctx<'_>, i: usize) -> u32 {
+        cx.now.since(layout::touched(self.rec(cx.layout, i)))
     }
 
     /// Index of the local record.

@@ -46,4 +46,4 @@ pub use table::{
     Applied, Consumer, Cursor, EntryView, FeedError, OriginView, SetError, Table, TableStats,
     Tracked,
 };
-pub use tables::{ReconcileError, Tables};
+pub use tables::{MessageError, ReconcileError, Tables};

@@ -631,21 +631,45 @@ impl Table {
     }
 
     /// Appends up to about `max` contributions of every origin, from `cursor`, for a snapshot
-    /// sent to a (re)connected peer. Holds one shard's lock at a time.
+    /// sent to a (re)connected peer: one [`pb::TableContributions`] per origin, added to `out`
+    /// as origins appear. Holds one shard's lock at a time.
     pub fn snapshot_chunk(
         &self,
         cursor: &mut Cursor,
         max: usize,
         now: Tick,
-        out: &mut Vec<(OriginId, pb::Contribution)>,
+        out: &mut Vec<pb::TableContributions>,
     ) -> usize {
         let cx = self.cx(now);
+        // Where each origin's contributions go in `out`; a chunk sees few origins.
+        let mut groups: Vec<(OriginId, Option<usize>)> = Vec::new();
+        let mut data = Vec::new();
         self.walk(cursor, max, |e| {
             let mut n = 0;
             for (i, origin) in e.origins_of(&self.layout) {
-                let c = e.export(&cx, i);
-                if c.idle_ms < cx.expire {
-                    out.push((origin, c));
+                if e.record_idle(&cx, i) >= cx.expire {
+                    continue;
+                }
+                let at = match groups.iter().find(|(o, _)| *o == origin) {
+                    Some(&(_, at)) => at,
+                    None => {
+                        // An origin without a name cannot be sent; it is skipped.
+                        let at = self.origins.name(origin).map(|name| {
+                            out.push(pb::TableContributions::new(
+                                self.name(),
+                                pb::Origin {
+                                    node: name.node,
+                                    incarnation: name.incarnation,
+                                },
+                            ));
+                            out.len() - 1
+                        });
+                        groups.push((origin, at));
+                        at
+                    }
+                };
+                if let Some(tc) = at.and_then(|at| out.get_mut(at)) {
+                    e.export(&cx, i, &mut data, tc);
                     n += 1;
                 }
             }
@@ -760,9 +784,10 @@ impl Table {
         c: &mut Consumer,
         max: usize,
         now: Tick,
-        out: &mut Vec<pb::Contribution>,
+        out: &mut pb::TableContributions,
     ) -> usize {
         let cx = self.cx(now);
+        let mut data = Vec::new();
         let mut n = 0;
         for _ in 0..self.shards.len() {
             if n >= max {
@@ -779,7 +804,7 @@ impl Table {
                     continue;
                 };
                 if let Some(li) = e.local_index(&self.layout) {
-                    out.push(e.export(&cx, li));
+                    e.export(&cx, li, &mut data, out);
                     n += 1;
                 }
             }

@@ -7,10 +7,14 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use crate::clock::Hlc;
-use crate::origin::{OriginName, Origins};
+use sluice_proto::sync::v1 as pb;
+
+use crate::clock::{Hlc, Tick};
+use crate::error::ContributionError;
+use crate::origin::{OriginName, Origins, OriginsFull};
 use crate::schema::TableSchema;
 use crate::table::{Listener, Table};
+use crate::wire;
 
 /// A reload that would change a table's schema.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -28,6 +32,50 @@ pub enum ReconcileError {
         old: String,
         /// The definition asked for.
         new: String,
+    },
+}
+
+/// A message of contributions refused as a whole (nothing of it was applied).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MessageError {
+    /// It names a table this node does not have or does not replicate.
+    #[error("unknown or unreplicated table `{0}`")]
+    UnknownTable(String),
+    /// A table's contributions come without an origin.
+    #[error("contributions without an origin")]
+    NoOrigin,
+    /// The origin's node name is not a valid name.
+    #[error("bad origin name `{0}`")]
+    BadOrigin(String),
+    /// A live batch carries contributions of an origin other than its sender.
+    #[error("live contributions of origin {origin} from peer {sender}")]
+    NotTheSender {
+        /// The origin named in the message.
+        origin: OriginName,
+        /// The peer that sent it.
+        sender: OriginName,
+    },
+    /// No room for another origin.
+    #[error(transparent)]
+    OriginsFull(#[from] OriginsFull),
+    /// A contribution that does not decode.
+    #[error("table `{table}`: {source}")]
+    Malformed {
+        /// The table.
+        table: String,
+        /// Why.
+        #[source]
+        source: prost::DecodeError,
+    },
+    /// A contribution that does not fit the table's schema.
+    #[error("table `{table}`: {source}")]
+    Contribution {
+        /// The table.
+        table: String,
+        /// Why.
+        #[source]
+        source: ContributionError,
     },
 }
 
@@ -77,6 +125,89 @@ impl Tables {
     /// Every table, by name.
     pub fn all(&self) -> Arc<BTreeMap<String, Arc<Table>>> {
         self.map.read().clone()
+    }
+
+    /// Checks a message of contributions from a peer against the tables, then applies it: a
+    /// bad contribution anywhere applies nothing. `live` (the sender) is set for live batches,
+    /// which may carry only the sender's own contributions; snapshots carry every origin's.
+    /// Returns how many contributions it held.
+    pub fn apply_message(
+        &self,
+        msg: &pb::Contributions,
+        live: Option<&OriginName>,
+        now: Tick,
+    ) -> Result<usize, MessageError> {
+        let mut groups = Vec::with_capacity(msg.tables.len());
+        for tc in &msg.tables {
+            let table = self
+                .get(&tc.table)
+                .filter(|t| t.schema().sync)
+                .ok_or_else(|| MessageError::UnknownTable(tc.table.clone()))?;
+            let origin = tc.origin.as_ref().ok_or(MessageError::NoOrigin)?;
+            let origin = OriginName {
+                node: origin.node.clone(),
+                incarnation: origin.incarnation,
+            };
+            if crate::membership::check_name(&origin.node).is_err() {
+                return Err(MessageError::BadOrigin(origin.node));
+            }
+            if let Some(sender) = live
+                && origin != *sender
+            {
+                return Err(MessageError::NotTheSender {
+                    origin,
+                    sender: sender.clone(),
+                });
+            }
+            let id = self.origins.intern(&origin)?;
+            groups.push((tc, table, id));
+        }
+        // Every contribution is read and checked before any is applied. Their data go to one
+        // vector for the whole message, so reading allocates nothing per contribution.
+        let total = msg.tables.iter().map(|t| t.len()).sum();
+        let mut read = Vec::with_capacity(total);
+        let mut data = Vec::with_capacity(total * 2);
+        for (tc, table, _) in &groups {
+            let malformed = |source| MessageError::Malformed {
+                table: table.name().to_owned(),
+                source,
+            };
+            for r in tc.contributions() {
+                let r = r.map_err(malformed)?;
+                let start = data.len();
+                for d in r.data() {
+                    data.push(d.map_err(malformed)?);
+                }
+                read.push((r, start..data.len()));
+            }
+        }
+        let mut checked = Vec::with_capacity(total);
+        let mut read = read.into_iter();
+        for (tc, table, _) in &groups {
+            for (r, span) in read.by_ref().take(tc.len()) {
+                let c = wire::Contribution {
+                    key: r.key,
+                    version: r.version,
+                    idle_ms: r.idle_ms,
+                    epoch: r.epoch,
+                    data: data.get(span).unwrap_or_default(),
+                };
+                let c = wire::check(c, table.schema()).map_err(|source| {
+                    MessageError::Contribution {
+                        table: table.name().to_owned(),
+                        source,
+                    }
+                })?;
+                checked.push(c);
+            }
+        }
+        let mut checked = checked.iter();
+        for (tc, table, id) in &groups {
+            for c in checked.by_ref().take(tc.len()) {
+                table.apply(*id, c, now);
+            }
+        }
+        Ok(total)
     }
 
     /// The replicated tables (`sync = true`), by name.

@@ -1,19 +1,47 @@
 //! The wire form of a contribution, `sluice.sync.v1.Contribution`, is also the engine's: the
-//! change feed and snapshots produce it ready to send, and [`check`] is where a contribution
-//! received from a peer becomes trusted. Every field is checked against the table's schema, so
-//! applying a [`Checked`] contribution cannot fail.
+//! change feed and snapshots write it straight into the message being sent, and [`check`] is
+//! where a contribution received from a peer becomes trusted. Every field is checked against
+//! the table's schema, so applying a [`Checked`] contribution cannot fail.
 
-pub use sluice_proto::sync::v1::{Contribution, Datum};
+pub use sluice_proto::sync::v1::{ContributionRef, Datum, TableContributions};
 
 use crate::error::ContributionError;
 use crate::key::Key;
 use crate::schema::{DataType, Kind, TableSchema};
 
+/// A received contribution, its data decoded, not yet checked.
+#[derive(Clone, Copy, Debug)]
+pub struct Contribution<'a> {
+    /// The entry's key, as sent.
+    pub key: &'a [u8],
+    /// The origin's version of this contribution.
+    pub version: u64,
+    /// Milliseconds since the origin last touched the entry.
+    pub idle_ms: u32,
+    /// The origin's reset epoch.
+    pub epoch: u64,
+    /// The values.
+    pub data: &'a [Datum],
+}
+
+impl<'a> From<&'a sluice_proto::sync::v1::Contribution> for Contribution<'a> {
+    /// The view of a contribution held as the generated message (tests and tools).
+    fn from(c: &'a sluice_proto::sync::v1::Contribution) -> Self {
+        Contribution {
+            key: &c.key,
+            version: c.version,
+            idle_ms: c.idle_ms,
+            epoch: c.epoch,
+            data: &c.data,
+        }
+    }
+}
+
 /// A contribution checked against a table's schema, ready to apply.
 #[derive(Clone, Debug)]
 pub struct Checked<'a> {
     key: Key,
-    c: &'a Contribution,
+    c: Contribution<'a>,
 }
 
 impl Checked<'_> {
@@ -23,23 +51,23 @@ impl Checked<'_> {
     }
 
     /// The contribution.
-    pub fn contribution(&self) -> &Contribution {
-        self.c
+    pub fn contribution(&self) -> &Contribution<'_> {
+        &self.c
     }
 }
 
 /// Checks a received contribution against the table's schema.
 pub fn check<'a>(
-    c: &'a Contribution,
+    c: Contribution<'a>,
     schema: &TableSchema,
 ) -> Result<Checked<'a>, ContributionError> {
-    let key = schema.key.check_bytes(&c.key)?;
+    let key = schema.key.check_bytes(c.key)?;
     if c.version == 0 {
         return Err(ContributionError::ZeroVersion);
     }
     // A bit per data type seen, to refuse duplicates without allocating.
     let mut seen = 0u32;
-    for d in &c.data {
+    for d in c.data {
         let ty =
             DataType::from_wire(d.r#type).ok_or(ContributionError::UnknownDataType(d.r#type))?;
         let stored = schema

@@ -47,7 +47,7 @@ fn threads_hammering_same_and_different_keys_lose_no_increment() {
         })
         .collect();
     // Drain the feed concurrently, as a peer session would.
-    let mut taken = Vec::new();
+    let mut taken = sluice_proto::sync::v1::TableContributions::default();
     while !handles.iter().all(|h| h.is_finished()) {
         table.take_changes(&mut consumer, 64, Tick(0), &mut taken);
     }

@@ -167,7 +167,7 @@ fn the_change_feed_hands_each_changed_key_once_in_its_latest_state() {
         .find(|(_, c)| c.key == k1.as_bytes())
         .unwrap()
         .1;
-    assert!(wire::check(c, a.table.schema()).is_ok());
+    assert!(wire::check(c.into(), a.table.schema()).is_ok());
     assert_eq!(c.data.len(), 1);
     assert_eq!(
         (c.data[0].r#type, c.data[0].value),

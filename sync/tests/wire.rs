@@ -58,13 +58,13 @@ fn good() -> pb::Contribution {
 fn with(f: impl FnOnce(&mut pb::Contribution)) -> Result<(), E> {
     let mut c = good();
     f(&mut c);
-    wire::check(&c, &schema()).map(|_| ())
+    wire::check((&c).into(), &schema()).map(|_| ())
 }
 
 #[test]
 fn a_good_contribution_round_trips() {
     let good = good();
-    let c = wire::check(&good, &schema()).unwrap();
+    let c = wire::check((&good).into(), &schema()).unwrap();
     assert_eq!(c.key().as_bytes(), &[10, 0, 0, 7]);
     // What a table exports is what it applied.
     let origins = std::sync::Arc::new(sluice_sync::Origins::new(
@@ -74,12 +74,17 @@ fn a_good_contribution_round_trips() {
         },
         5_000,
     ));
+    let peer = sluice_sync::OriginName {
+        node: "y".into(),
+        incarnation: 3,
+    };
+    let id = origins.intern(&peer).unwrap();
     let t = sluice_sync::Table::new(
         schema(),
         origins,
         std::sync::Arc::new(sluice_sync::Hlc::new()),
     );
-    t.apply(1, &c, sluice_sync::Tick(100));
+    t.apply(id, &c, sluice_sync::Tick(100));
     let mut out = Vec::new();
     t.snapshot_chunk(
         &mut sluice_sync::Cursor::new(),
@@ -87,8 +92,15 @@ fn a_good_contribution_round_trips() {
         sluice_sync::Tick(100),
         &mut out,
     );
-    assert_eq!(out.len(), 1);
-    assert_eq!(out[0].1, good);
+    let mut want = pb::TableContributions::new(
+        t.name(),
+        pb::Origin {
+            node: "y".into(),
+            incarnation: 3,
+        },
+    );
+    want.push_message(&good);
+    assert_eq!(out, vec![want]);
 }
 
 #[test]
@@ -153,7 +165,7 @@ proptest! {
     #[test]
     fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         if let Ok(c) = pb::Contribution::decode(bytes.as_slice()) {
-            let _ = wire::check(&c, &schema());
+            let _ = wire::check((&c).into(), &schema());
         }
     }
 
@@ -170,7 +182,7 @@ proptest! {
                 r#type: t % 20, period_ms: p, value: v, stamp: s, age_ms: a, curr: cu, prev: pr,
             }).collect(),
         };
-        if let Ok(ok) = wire::check(&c, &schema()) {
+        if let Ok(ok) = wire::check((&c).into(), &schema()) {
             // Whatever decodes applies without panicking.
             let origins = std::sync::Arc::new(sluice_sync::Origins::new(
                 sluice_sync::OriginName { node: "z".into(), incarnation: 1 }, 5_000));

@@ -21,9 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::stats::PeerStats;
 use super::{MAX_BATCH, MAX_CHUNK, MAX_MESSAGE_CONTRIBUTIONS, Shared};
-use crate::origin::{OriginId, OriginName};
+use crate::origin::OriginName;
 use crate::table::{Consumer, Cursor, Table};
-use crate::wire;
 
 /// Unacknowledged messages of contributions before changes start to gather.
 const WINDOW: u64 = 2;
@@ -257,22 +256,20 @@ impl Sender {
         let me = &self.shared.me;
         let mut out = Vec::new();
         let mut n = 0;
-        let mut buf = Vec::new();
         for (t, c) in &mut self.feeds {
             if n >= MAX_BATCH {
                 break;
             }
-            buf.clear();
-            n += t.take_changes(c, MAX_BATCH - n, now, &mut buf);
-            if !buf.is_empty() {
-                out.push(pb::TableContributions {
-                    table: t.name().to_string(),
-                    origin: Some(pb::Origin {
-                        node: me.node.clone(),
-                        incarnation: me.incarnation,
-                    }),
-                    contributions: std::mem::take(&mut buf),
+            // Named only when it has something: most turns find nothing.
+            let mut tc = pb::TableContributions::default();
+            n += t.take_changes(c, MAX_BATCH - n, now, &mut tc);
+            if !tc.is_empty() {
+                tc.table = t.name().to_string();
+                tc.origin = Some(pb::Origin {
+                    node: me.node.clone(),
+                    incarnation: me.incarnation,
                 });
+                out.push(tc);
             }
         }
         (out, n)
@@ -285,25 +282,9 @@ impl Sender {
         };
         let mut tables = Vec::new();
         let mut n = 0;
-        let mut part: Vec<(OriginId, pb::Contribution)> = Vec::new();
         while n < MAX_CHUNK && snap.table < snap.tables.len() {
             let t = &snap.tables[snap.table];
-            part.clear();
-            n += t.snapshot_chunk(&mut snap.cursor, MAX_CHUNK - n, now, &mut part);
-            part.sort_by_key(|(o, _)| *o);
-            for group in part.chunk_by_mut(|a, b| a.0 == b.0) {
-                let Some(origin) = self.shared.tables.origins().name(group[0].0) else {
-                    continue;
-                };
-                tables.push(pb::TableContributions {
-                    table: t.name().to_string(),
-                    origin: Some(pb::Origin {
-                        node: origin.node,
-                        incarnation: origin.incarnation,
-                    }),
-                    contributions: group.iter_mut().map(|(_, c)| std::mem::take(c)).collect(),
-                });
-            }
+            n += t.snapshot_chunk(&mut snap.cursor, MAX_CHUNK - n, now, &mut tables);
             if snap.cursor.is_done() {
                 snap.table += 1;
                 snap.cursor = Cursor::new();
@@ -460,54 +441,16 @@ fn apply(
     c: &pb::Contributions,
     live: Option<&OriginName>,
 ) -> Result<(), String> {
-    let total: usize = c.tables.iter().map(|t| t.contributions.len()).sum();
+    let total: usize = c.tables.iter().map(|t| t.len()).sum();
     if total > MAX_MESSAGE_CONTRIBUTIONS {
         return Err(format!(
             "{total} contributions in one message (at most {MAX_MESSAGE_CONTRIBUTIONS})"
         ));
     }
-    let origins = shared.tables.origins();
-    let mut checked = Vec::with_capacity(c.tables.len());
-    for tc in &c.tables {
-        let table = shared
-            .tables
-            .get(&tc.table)
-            .filter(|t| t.schema().sync)
-            .ok_or_else(|| format!("unknown or unreplicated table `{}`", tc.table))?;
-        let origin = tc
-            .origin
-            .as_ref()
-            .ok_or("contributions without an origin")?;
-        let origin = OriginName {
-            node: origin.node.clone(),
-            incarnation: origin.incarnation,
-        };
-        if crate::membership::check_name(&origin.node).is_err() {
-            return Err(format!("bad origin name `{}`", origin.node));
-        }
-        if let Some(sender) = live
-            && origin != *sender
-        {
-            return Err(format!(
-                "live contributions of origin {origin} from peer {sender}"
-            ));
-        }
-        let mut decoded = Vec::with_capacity(tc.contributions.len());
-        for pc in &tc.contributions {
-            decoded.push(
-                wire::check(pc, table.schema())
-                    .map_err(|e| format!("table `{}`: {e}", tc.table))?,
-            );
-        }
-        let id = origins.intern(&origin).map_err(|e| e.to_string())?;
-        checked.push((table, id, decoded));
-    }
-    let now = shared.clock.tick();
-    for (table, id, decoded) in &checked {
-        for d in decoded {
-            table.apply(*id, d, now);
-        }
-    }
+    shared
+        .tables
+        .apply_message(c, live, shared.clock.tick())
+        .map_err(|e| e.to_string())?;
     stats.updates_received.fetch_add(total as u64, Relaxed);
     stats
         .bytes_received

@@ -169,11 +169,13 @@ fn batch(tables: Vec<pb::TableContributions>) -> pb::PeerMessage {
 }
 
 fn tc(table: &str, node: &str, cs: Vec<pb::Contribution>) -> pb::TableContributions {
-    pb::TableContributions {
-        table: table.into(),
-        origin: origin(node),
-        contributions: cs,
+    let mut tc = pb::TableContributions::default();
+    tc.table = table.into();
+    tc.origin = origin(node);
+    for c in &cs {
+        tc.push_message(c);
     }
+    tc
 }
 
 const K7: [u8; 4] = [10, 0, 0, 7];

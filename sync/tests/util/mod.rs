@@ -73,21 +73,31 @@ impl Node {
             self.table
                 .snapshot_chunk(&mut cur, 7, self.tick(t), &mut out);
         }
-        out.into_iter()
-            .map(|(o, c)| (self.origins.name(o).expect("known origin"), c))
-            .collect()
+        let mut all = Vec::new();
+        for tc in &out {
+            let o = tc.origin.as_ref().expect("an origin");
+            let o = OriginName {
+                node: o.node.clone(),
+                incarnation: o.incarnation,
+            };
+            all.extend(owned(tc).into_iter().map(|c| (o.clone(), c)));
+        }
+        all
     }
 
     /// The local changes a consumer has not taken yet, encoded.
     pub fn take(&self, consumer: &mut Consumer, t: u32) -> Vec<(OriginName, pb::Contribution)> {
-        let mut out = Vec::new();
+        let mut out = pb::TableContributions::default();
         while self.table.take_changes(consumer, 5, self.tick(t), &mut out) > 0 {}
-        out.into_iter().map(|c| (self.name.clone(), c)).collect()
+        owned(&out)
+            .into_iter()
+            .map(|c| (self.name.clone(), c))
+            .collect()
     }
 
     /// Decodes and applies one contribution from a peer, as a session would.
     pub fn deliver(&self, from: &OriginName, c: &pb::Contribution, t: u32) -> Applied {
-        let c = wire::check(c, self.table.schema()).expect("well-formed contribution");
+        let c = wire::check(c.into(), self.table.schema()).expect("well-formed contribution");
         let id = self.origins.intern(from).expect("origin room");
         self.table.apply(id, &c, self.tick(t))
     }
@@ -102,6 +112,25 @@ impl Node {
     pub fn read(&self, key: &Key, ty: DataType, t: u32) -> Option<u64> {
         self.table.read_key(key, ty, self.tick(t))
     }
+}
+
+/// The contributions of an encoded message, as generated messages.
+pub fn owned(tc: &pb::TableContributions) -> Vec<pb::Contribution> {
+    tc.contributions()
+        .map(|c| {
+            let c = c.expect("well-formed contribution");
+            pb::Contribution {
+                key: c.key.to_vec(),
+                version: c.version,
+                idle_ms: c.idle_ms,
+                epoch: c.epoch,
+                data: c
+                    .data()
+                    .collect::<Result<_, _>>()
+                    .expect("well-formed data"),
+            }
+        })
+        .collect()
 }
 
 /// Brings every node up to date with every other.
