@@ -150,11 +150,9 @@ pub(crate) async fn run(env: &Env, report: &mut Report) -> anyhow::Result<()> {
             t.elapsed().as_secs_f64() * 1e3
         ));
         feeder.stop().await;
-        let ms = restart_sluice(&mut n2, u64::from(SMALL)).await?;
-        note(&format!(
-            "table sluice: node-2 restarted, held {SMALL} after {ms:.0} ms"
-        ));
-        resync_small.push("sluice", ms);
+        let r = restart_sluice(&mut n2, &n1, u64::from(SMALL)).await?;
+        r.note("sluice", SMALL);
+        resync_small.push("sluice", r.ms);
 
         // A second feeder (a new origin) writes the next 900,000 keys.
         let feeder = Feeder::start(env, &certs, "feeder-2", sf2, peers, schema()?).await?;
@@ -184,11 +182,9 @@ pub(crate) async fn run(env: &Env, report: &mut Report) -> anyhow::Result<()> {
             (rss1.saturating_sub(rss0)) as f64 / f64::from(BIG)
         ));
         mem.push("sluice", per);
-        let ms = restart_sluice(&mut n2, u64::from(BIG)).await?;
-        note(&format!(
-            "table sluice: node-2 restarted, held {BIG} after {ms:.0} ms"
-        ));
-        resync_big.push("sluice", ms);
+        let r = restart_sluice(&mut n2, &n1, u64::from(BIG)).await?;
+        r.note("sluice", BIG);
+        resync_big.push("sluice", r.ms);
         n1.stop();
         n2.stop();
     }
@@ -230,11 +226,9 @@ pub(crate) async fn run(env: &Env, report: &mut Report) -> anyhow::Result<()> {
             wrote.as_secs_f64() * 1e3,
             d2.as_secs_f64() * 1e3
         ));
-        let ms = restart_haproxy(&mut n2, u64::from(SMALL))?;
-        note(&format!(
-            "table haproxy: n2 restarted, held {SMALL} after {ms:.0} ms"
-        ));
-        resync_small.push("haproxy", ms);
+        let r = restart_haproxy(&mut n2, &n1, u64::from(SMALL))?;
+        r.note("haproxy", SMALL);
+        resync_small.push("haproxy", r.ms);
         let t = Instant::now();
         n1.fill("fe", SMALL..BIG)?;
         let wrote = t.elapsed();
@@ -256,11 +250,9 @@ pub(crate) async fn run(env: &Env, report: &mut Report) -> anyhow::Result<()> {
             rss1 as f64 / 1048576.0
         ));
         mem.push("haproxy", per);
-        let ms = restart_haproxy(&mut n2, u64::from(BIG))?;
-        note(&format!(
-            "table haproxy: n2 restarted, held {BIG} after {ms:.0} ms"
-        ));
-        resync_big.push("haproxy", ms);
+        let r = restart_haproxy(&mut n2, &n1, u64::from(BIG))?;
+        r.note("haproxy", BIG);
+        resync_big.push("haproxy", r.ms);
     }
     for f in [mem, throughput, fill_rate, resync_small, resync_big] {
         report.add(f);
@@ -268,20 +260,51 @@ pub(crate) async fn run(env: &Env, report: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Stops `n` and starts it again; milliseconds from the start until it holds `n` entries.
-async fn restart_sluice(node: &mut SluiceNode, n: u64) -> anyhow::Result<f64> {
+/// A restart: how long until the node held every entry, and the CPU both nodes spent meanwhile
+/// (they share one core, so CPU, not waiting, is what the time is made of).
+struct Resync {
+    ms: f64,
+    cpu_restarted_ms: f64,
+    cpu_peer_ms: f64,
+}
+
+impl Resync {
+    fn note(&self, proxy: &str, n: u32) {
+        note(&format!(
+            "table {proxy}: node 2 restarted, held {n} after {:.0} ms; CPU meanwhile: node 2 {:.0} ms, node 1 {:.0} ms",
+            self.ms, self.cpu_restarted_ms, self.cpu_peer_ms
+        ));
+    }
+}
+
+/// Stops `node` and starts it again, until it holds `n` entries.
+async fn restart_sluice(
+    node: &mut SluiceNode,
+    peer: &SluiceNode,
+    n: u64,
+) -> anyhow::Result<Resync> {
     node.stop();
+    let peer_cpu = peer.proc().map_or(0.0, |p| p.cpu_secs());
     let t = Instant::now();
     node.start()?;
     let d = node.wait_entries("per_ip", n, t, WAIT).await?;
-    Ok(d.as_secs_f64() * 1e3)
+    Ok(Resync {
+        ms: d.as_secs_f64() * 1e3,
+        cpu_restarted_ms: node.proc().map_or(0.0, |p| p.cpu_secs()) * 1e3,
+        cpu_peer_ms: (peer.proc().map_or(0.0, |p| p.cpu_secs()) - peer_cpu) * 1e3,
+    })
 }
 
 /// Likewise for HAProxy.
-fn restart_haproxy(node: &mut HaNode, n: u64) -> anyhow::Result<f64> {
+fn restart_haproxy(node: &mut HaNode, peer: &HaNode, n: u64) -> anyhow::Result<Resync> {
     node.stop();
+    let peer_cpu = peer.proc().map_or(0.0, |p| p.cpu_secs());
     let t = Instant::now();
     node.start()?;
     let d = node.wait_used("fe", n, t, WAIT)?;
-    Ok(d.as_secs_f64() * 1e3)
+    Ok(Resync {
+        ms: d.as_secs_f64() * 1e3,
+        cpu_restarted_ms: node.proc().map_or(0.0, |p| p.cpu_secs()) * 1e3,
+        cpu_peer_ms: (peer.proc().map_or(0.0, |p| p.cpu_secs()) - peer_cpu) * 1e3,
+    })
 }
