@@ -174,7 +174,16 @@ pub(crate) fn spawn_accept(
             }
         };
         let mut backoff = Duration::from_millis(5);
+        let mut since_yield = 0;
         loop {
+            // Under a flood the listener is always readable and tokio would let this loop
+            // accept (and refuse) up to its coop budget, 128 connections, before the tasks of
+            // the admitted ones run: hand the core over every few accepts, and after every
+            // admitted one, so a good client is not served in bursts.
+            if since_yield >= YIELD_EVERY {
+                since_yield = 0;
+                tokio::task::yield_now().await;
+            }
             let sem = current.read().conns.clone();
             let permit = tokio::select! {
                 biased;
@@ -199,12 +208,14 @@ pub(crate) fn spawn_accept(
                     }
                 },
             };
+            since_yield += 1;
             let fe = current.read().clone();
             // Connection rules run here when they can, so a refused connection (a flood)
             // costs no task.
             let Ok(admitted) = conn::admit(&stream, peer, &fe) else {
                 continue;
             };
+            since_yield = YIELD_EVERY;
             let stream = match stream
                 .set_nonblocking(true)
                 .and_then(|()| tokio::net::TcpStream::from_std(stream))
@@ -227,6 +238,9 @@ pub(crate) fn spawn_accept(
         info!(addr = ?listener.get_ref().local_addr().ok(), "listener closed");
     });
 }
+
+/// Connections the accept loop takes before it lets other tasks run.
+const YIELD_EVERY: u32 = 16;
 
 /// The next connection on `listener`, a blocking-mode socket not yet known to the reactor.
 async fn accept(
