@@ -98,10 +98,22 @@ pub fn named_addrs(peers: &[(String, u16)]) -> String {
         .join(", ")
 }
 
-/// A free port on loopback (bound, then released for a process to bind).
+/// A free port on loopback (bound, then released for a process to bind), never one this test
+/// process handed out before: tests run concurrently and some bind their ports minutes later
+/// (a fourth node, a restarted container), so the kernel may offer a released port again.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("its address").port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        let port = l.local_addr().expect("its address").port();
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Runs `sluicectl ARGS` against nothing in particular (`SLUICE_ADMIN` unset).
