@@ -159,16 +159,12 @@ impl Message for TableContributions {
                     .and_then(|len| usize::try_from(len).ok())
                     .filter(|&len| len <= chunk.len());
                 if let Some(len) = framed {
-                    encoding::encode_key(CONTRIBUTIONS, WireType::LengthDelimited, out);
-                    encoding::encode_varint(len as u64, out);
-                    out.put_slice(&chunk[..len]);
+                    put_contribution(out, &chunk[..len]);
                     buf.advance(whole - chunk.len() + len);
                 } else {
                     let mut body = Bytes::new();
                     encoding::bytes::merge(wire_type, &mut body, buf, ctx)?;
-                    encoding::encode_key(CONTRIBUTIONS, WireType::LengthDelimited, out);
-                    encoding::encode_varint(body.len() as u64, out);
-                    out.put_slice(&body);
+                    put_contribution(out, &body);
                 }
                 self.count += 1;
                 Ok(())
@@ -264,6 +260,17 @@ impl<'a> ContributionRef<'a> {
         Ok(c)
     }
 
+    /// The contribution as the generated message, its data decoded (tests and tools).
+    pub fn to_message(&self) -> Result<Contribution, DecodeError> {
+        Ok(Contribution {
+            key: self.key.to_vec(),
+            version: self.version,
+            idle_ms: self.idle_ms,
+            epoch: self.epoch,
+            data: self.data().collect::<Result<_, _>>()?,
+        })
+    }
+
     /// The data, decoded one by one.
     pub fn data(&self) -> impl Iterator<Item = Result<Datum, DecodeError>> + 'a {
         let mut rest = self.data;
@@ -290,6 +297,13 @@ impl<'a> ContributionRef<'a> {
             None
         })
     }
+}
+
+/// Appends one occurrence of field 3 holding `body`, an encoded `Contribution`.
+fn put_contribution(out: &mut Vec<u8>, body: &[u8]) {
+    encoding::encode_key(CONTRIBUTIONS, WireType::LengthDelimited, out);
+    encoding::encode_varint(body.len() as u64, out);
+    out.put_slice(body);
 }
 
 /// Reads a length-delimited field's body, checking its wire type and length.
@@ -420,19 +434,7 @@ mod tests {
 
     fn read(tc: &TableContributions) -> Vec<Contribution> {
         tc.contributions()
-            .map(|c| {
-                let c = c.expect("well-formed");
-                Contribution {
-                    key: c.key.to_vec(),
-                    version: c.version,
-                    idle_ms: c.idle_ms,
-                    epoch: c.epoch,
-                    data: c
-                        .data()
-                        .collect::<Result<_, _>>()
-                        .expect("well-formed data"),
-                }
-            })
+            .map(|c| c.and_then(|c| c.to_message()).expect("well-formed"))
             .collect()
     }
 

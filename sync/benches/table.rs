@@ -27,9 +27,9 @@ use sluice_sync::{
 
 const STORE: &[&str] = &["http_req_rate(10s)", "conn_cur", "gpc0"];
 
-fn table(size: usize) -> Table {
+fn schema(size: usize) -> TableSchema {
     let store = TableSchema::parse_store(STORE).unwrap();
-    let schema = TableSchema::new(
+    TableSchema::new(
         "per_ip",
         KeyType::Ip,
         size,
@@ -37,7 +37,11 @@ fn table(size: usize) -> Table {
         store,
         true,
     )
-    .unwrap();
+    .unwrap()
+}
+
+fn table(size: usize) -> Table {
+    let schema = schema(size);
     let origins = Arc::new(Origins::new(
         OriginName {
             node: "bench".into(),
@@ -132,14 +136,10 @@ fn apply(c: &mut Criterion) {
         src.snapshot_chunk(&mut cur, 4096, Tick(1), &mut chunks);
     }
     // Owned copies, so each iteration can bump a version.
-    let mut cs: Vec<(Vec<u8>, u32, u64, Vec<pb::Datum>)> = chunks
+    let cs: Vec<pb::Contribution> = chunks
         .iter()
         .flat_map(|tc| tc.contributions())
-        .map(|c| {
-            let c = c.unwrap();
-            let data = c.data().collect::<Result<_, _>>().unwrap();
-            (c.key.to_vec(), c.idle_ms, c.epoch, data)
-        })
+        .map(|c| c.and_then(|c| c.to_message()).unwrap())
         .collect();
     let dst = table(100_000);
     let remote = dst
@@ -152,14 +152,11 @@ fn apply(c: &mut Criterion) {
     let mut i = 0u64;
     g.bench_function("contribution", |b| {
         b.iter(|| {
-            let (key, idle_ms, epoch, data) = &mut cs[i as usize & 0xffff];
+            let c = &cs[i as usize & 0xffff];
             i += 1;
             let c = wire::Contribution {
-                key,
                 version: i,
-                idle_ms: *idle_ms,
-                epoch: *epoch,
-                data,
+                ..c.into()
             };
             let checked = wire::check(c, dst.schema()).unwrap();
             black_box(dst.apply(remote, &checked, Tick(2)))
@@ -178,8 +175,8 @@ fn apply(c: &mut Criterion) {
             for _ in 0..iters {
                 versions += 1;
                 let mut batch = pb::TableContributions::new("per_ip", origin.clone());
-                for (key, idle_ms, epoch, data) in &cs[..1000] {
-                    batch.push(key, versions, *idle_ms, *epoch, data);
+                for c in &cs[..1000] {
+                    batch.push(&c.key, versions, c.idle_ms, c.epoch, &c.data);
                 }
                 let bytes = batch.encode_to_vec();
                 let start = Instant::now();
@@ -238,9 +235,7 @@ fn resync(c: &mut Criterion) {
                     },
                     5_000,
                 );
-                tables
-                    .reconcile(vec![table(1_000_000).schema().clone()])
-                    .unwrap();
+                tables.reconcile(vec![schema(1_000_000)]).unwrap();
                 tables
             },
             |tables| {

@@ -118,17 +118,8 @@ impl Node {
 pub fn owned(tc: &pb::TableContributions) -> Vec<pb::Contribution> {
     tc.contributions()
         .map(|c| {
-            let c = c.expect("well-formed contribution");
-            pb::Contribution {
-                key: c.key.to_vec(),
-                version: c.version,
-                idle_ms: c.idle_ms,
-                epoch: c.epoch,
-                data: c
-                    .data()
-                    .collect::<Result<_, _>>()
-                    .expect("well-formed data"),
-            }
+            c.and_then(|c| c.to_message())
+                .expect("well-formed contribution")
         })
         .collect()
 }
