@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug};
 
-use crate::backend::stick::Stuck;
+use crate::backend::stick::{Committed, Stuck};
 use crate::backend::{ActiveGuard, ExchangeError, Server, Upstream, connect_http};
 use crate::conn::{Activity, ConnCtx, watchdog};
 use crate::io::{Prefixed, ReqBody};
@@ -359,10 +359,18 @@ async fn forward(
                 if (400..500).contains(&status) && fe.rules.is_some() {
                     rules::count_backend_error(ctx, own);
                 }
-                let set_cookie = fe
+                let set_cookie = match fe
                     .stick
                     .as_ref()
-                    .and_then(|s| s.commit(&stuck, server, client, &ctx.stick_touched, fe.clock));
+                    .map(|s| s.commit(&stuck, server, client, &ctx.stick_touched, fe.clock))
+                {
+                    Some(Committed::Cookie(v)) => Some(v),
+                    Some(c) => {
+                        c.publish().await;
+                        None
+                    }
+                    None => None,
+                };
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     return match upgrade.take() {
                         Some((_, on)) => switch_protocols(ctx, own, resp, on, guard),

@@ -67,7 +67,9 @@ where
             client_ip,
             &ctx.stick_touched,
             fe.clock,
-        );
+        )
+        .publish()
+        .await;
     }
     let idle = fe.config.limits.idle_timeout;
     let meters = match &fe.rules {

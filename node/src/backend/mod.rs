@@ -398,11 +398,12 @@ async fn resolve_all(backend: &Backend) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::HostPort;
 
-    fn backend(balance: Balance, n: usize) -> Backend {
+    /// A backend of `n` servers named `s0`, `s1`, … (all up), addresses that are never dialled.
+    pub(crate) fn backend(balance: Balance, n: usize) -> Backend {
         let registry = Registry::default();
         let servers = (0..n)
             .map(|i| {

@@ -42,6 +42,29 @@ pub(crate) enum Sticky {
     },
 }
 
+/// What [`Sticky::commit`] did.
+#[derive(Debug)]
+pub(crate) enum Committed {
+    /// The client was already on this server (its entry at most refreshed).
+    Kept,
+    /// A new assignment was written to the table, to be replicated to the fleet.
+    Stored,
+    /// A new assignment, carried by this `Set-Cookie` in the answer.
+    Cookie(HeaderValue),
+}
+
+impl Committed {
+    /// Lets a new table assignment leave for the peers before the caller answers: the
+    /// replication sender was woken by the write, and one yield lets it (and the transport
+    /// tasks it wakes) run first, so a client that moves to another node right after its
+    /// answer finds its server there. A client's first request only; otherwise a no-op.
+    pub(crate) async fn publish(&self) {
+        if matches!(self, Committed::Stored) {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
 /// What a client sticks to, looked up before choosing a server.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Stuck<'b> {
@@ -120,7 +143,7 @@ impl Sticky {
         client: IpAddr,
         touched: &AtomicU32,
         clock: NodeClock,
-    ) -> Option<HeaderValue> {
+    ) -> Committed {
         let same = stuck.stored == Some(u64::from(server.id));
         match self {
             Sticky::Src { table } => {
@@ -136,6 +159,7 @@ impl Sticky {
                         now,
                     );
                     touched.store(now.0.max(1), Relaxed);
+                    return Committed::Stored;
                 } else {
                     let last = touched.load(Relaxed);
                     if last == 0 || now.since(Tick(last)) >= REFRESH_MS {
@@ -143,9 +167,10 @@ impl Sticky {
                         touched.store(now.0.max(1), Relaxed);
                     }
                 }
-                None
+                Committed::Kept
             }
-            Sticky::Cookie { set, .. } => (!same).then(|| set[server.index].clone()),
+            Sticky::Cookie { set, .. } if !same => Committed::Cookie(set[server.index].clone()),
+            Sticky::Cookie { .. } => Committed::Kept,
         }
     }
 }
@@ -165,7 +190,100 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    use sluice_sync::{KeyType, OriginName, TableSchema};
+
     use super::*;
+    use crate::backend::tests::backend;
+    use crate::config::Balance;
+
+    fn origin() -> OriginName {
+        OriginName {
+            node: "edge-1".into(),
+            incarnation: 1,
+        }
+    }
+
+    /// A replicated `server_id` table whose change listener wakes a task standing in for the
+    /// replication sender; the flag says whether that task has run since.
+    fn replicated() -> (Sticky, Arc<AtomicBool>) {
+        let store = TableSchema::parse_store(&["server_id"]).expect("valid store");
+        let schema = TableSchema::new("t", KeyType::Ip, 100, Duration::from_secs(60), store, true)
+            .expect("valid schema");
+        let tables = Tables::new(origin(), 30_000);
+        tables.reconcile(vec![schema]).expect("one table");
+        let woken = Arc::new(tokio::sync::Notify::new());
+        let w = woken.clone();
+        tables.set_listener(Arc::new(move |_| w.notify_one()));
+        let ran = Arc::new(AtomicBool::new(false));
+        let r = ran.clone();
+        tokio::spawn(async move {
+            loop {
+                woken.notified().await;
+                r.store(true, Relaxed);
+            }
+        });
+        let table = tables.get("t").expect("table t");
+        // A peer's change feed: without one, a write wakes nobody.
+        let _feed = table.subscribe().expect("a change feed");
+        (Sticky::Src { table }, ran)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_new_assignment_is_published_before_the_answer() {
+        let (sticky, sender_ran) = replicated();
+        let b = backend(Balance::RoundRobin, 2);
+        let client = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+        let touched = AtomicU32::new(0);
+        let clock = NodeClock::new();
+
+        let stuck = sticky.lookup(&b, client, None, clock.tick());
+        assert!(stuck.server.is_none(), "a new client sticks to nothing");
+        let c = sticky.commit(&stuck, &b.servers[1], client, &touched, clock);
+        assert!(matches!(c, Committed::Stored), "{c:?}");
+        assert!(
+            !sender_ran.load(Relaxed),
+            "nothing ran yet: this task holds the thread"
+        );
+        c.publish().await;
+        assert!(
+            sender_ran.load(Relaxed),
+            "the task woken by the write ran before the caller goes on to answer"
+        );
+
+        // The next request finds the server and writes nothing new.
+        let stuck = sticky.lookup(&b, client, None, clock.tick());
+        assert_eq!(stuck.server.map(|s| s.index), Some(1));
+        let c = sticky.commit(&stuck, &b.servers[1], client, &touched, clock);
+        assert!(matches!(c, Committed::Kept), "{c:?}");
+    }
+
+    #[test]
+    fn a_cookie_is_set_only_for_a_new_assignment() {
+        let b = backend(Balance::RoundRobin, 2);
+        let sticky = Sticky::new(
+            &Stick::Cookie { name: "SRV".into() },
+            &b,
+            &Tables::new(origin(), 30_000),
+        )
+        .expect("cookie stickiness");
+        let client = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let touched = AtomicU32::new(0);
+        let clock = NodeClock::new();
+        let stuck = sticky.lookup(&b, client, None, clock.tick());
+        match sticky.commit(&stuck, &b.servers[0], client, &touched, clock) {
+            Committed::Cookie(v) => assert_eq!(v, "SRV=s0; Path=/; HttpOnly"),
+            c => panic!("expected a cookie, got {c:?}"),
+        }
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("SRV=s0"));
+        let stuck = sticky.lookup(&b, client, Some(&h), clock.tick());
+        let c = sticky.commit(&stuck, &b.servers[0], client, &touched, clock);
+        assert!(matches!(c, Committed::Kept), "{c:?}");
+    }
 
     #[test]
     fn cookies_are_found_among_others() {
