@@ -119,13 +119,15 @@ impl Env {
         Ok(out)
     }
 
-    /// nginx on the load CPU answering `200` with each server's name on its port.
+    /// nginx on the load CPU answering `200` with each server's name on its port. One process
+    /// (`master_process off`): killing it ends nginx, where a killed master would leave its
+    /// worker behind, listening, for the rest of the machine's life.
     pub(crate) fn nginx(&self, servers: &[(u16, &str)]) -> anyhow::Result<Proc> {
         let d = self.path("nginx");
         std::fs::create_dir_all(&d)?;
         let dd = d.display();
         let mut conf = format!(
-            "worker_processes 1; daemon off; pid {dd}/nginx.pid; error_log {dd}/error.log warn;\n\
+            "master_process off; daemon off; pid {dd}/nginx.pid; error_log {dd}/error.log warn;\n\
              events {{ worker_connections 8192; }}\n\
              http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 60s;\n\
              client_body_temp_path {dd}; proxy_temp_path {dd}; fastcgi_temp_path {dd}; uwsgi_temp_path {dd}; scgi_temp_path {dd};\n"
