@@ -254,8 +254,9 @@ fn deny(
     let mut resp = local(code, text);
     if status == 429
         && let Some(info) = rate_limit
+        && let Some(engine) = &ctx.frontend.rules
         && let Some(h) =
-            rules::rate_headers(&info, &ctx.tracks.tracks, own, ctx.frontend.clock.tick())
+            engine.rate_headers(&info, &ctx.tracks.tracks, own, ctx.frontend.clock.tick())
     {
         let headers = resp.headers_mut();
         headers.insert(RATELIMIT_POLICY.clone(), h.policy);

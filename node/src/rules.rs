@@ -58,6 +58,8 @@ pub(crate) struct Engine {
     req_tables: Box<[Option<Resolved>]>,
     dry_run: bool,
     clock: NodeClock,
+    /// The `429` header values of every rate threshold among the rules.
+    rate_values: Box<[RateValues]>,
 }
 
 /// What the proxy does with a request once its rules ran.
@@ -109,12 +111,47 @@ impl Engine {
                 })
                 .collect()
         };
+        let mut rate_values: Vec<RateValues> = Vec::new();
+        let infos = rules.connection.rules().iter().chain(rules.request.rules());
+        for info in infos.filter_map(|r| r.rate_limit) {
+            if !rate_values.iter().any(|v| v.info == info) {
+                rate_values.push(RateValues::new(info));
+            }
+        }
         Some(Engine {
             conn_tables: resolve(&rules.connection),
             req_tables: resolve(&rules.request),
             rules: rules.clone(),
             dry_run,
             clock,
+            rate_values: rate_values.into(),
+        })
+    }
+
+    /// The headers announcing the limit `info` describes, with numbers from the table: the
+    /// window is the rate's period, and the reset the whole seconds after which a retry would
+    /// be admitted if the client sent nothing meanwhile. `None` when the counter tracks
+    /// nothing.
+    pub(crate) fn rate_headers(
+        &self,
+        info: &RateLimitInfo,
+        conn: &Tracks,
+        own: &Tracks,
+        now: Tick,
+    ) -> Option<RateHeaders> {
+        let t = own.get(info.sc).or_else(|| conn.get(info.sc))?;
+        let reset = t.read_with(info.ty, |read| retry_after(info, now, read))??;
+        Some(match self.rate_values.iter().find(|v| v.info == *info) {
+            Some(v) => v.headers(reset),
+            // Every threshold of the rules was prepared in `new`; this is not reached.
+            None => {
+                let (limit, retry_after) = RateValues::format(info.ty, reset);
+                RateHeaders {
+                    policy: RateValues::policy(info),
+                    limit,
+                    retry_after,
+                }
+            }
         })
     }
 
@@ -359,29 +396,73 @@ pub(crate) struct RateHeaders {
     pub(crate) retry_after: HeaderValue,
 }
 
-/// The headers announcing the limit `info` describes, with numbers from the table: the
-/// window is the rate's period, and the reset the whole seconds after which a retry would be
-/// admitted if the client sent nothing meanwhile. `None` when the counter tracks nothing.
-pub(crate) fn rate_headers(
-    info: &RateLimitInfo,
-    conn: &Tracks,
-    own: &Tracks,
-    now: Tick,
-) -> Option<RateHeaders> {
-    let t = own.get(info.sc).or_else(|| conn.get(info.sc))?;
-    let reset = retry_after(info, now, |at| t.read(info.ty, at))?;
-    let window = info.period.as_millis().div_ceil(1000).max(1);
-    let name = info.ty.name();
-    let unit = match info.ty {
-        DataType::BytesInRate | DataType::BytesOutRate => ";qu=\"content-bytes\"",
-        _ => "",
-    };
-    let header = |s: String| HeaderValue::from_str(&s).ok();
-    Some(RateHeaders {
-        policy: header(format!("\"{name}\";q={};w={window}{unit}", info.limit))?,
-        limit: header(format!("\"{name}\";r=0;t={reset}"))?,
-        retry_after: header(reset.to_string())?,
-    })
+/// Resets (in seconds) whose `RateLimit` and `Retry-After` values are built ahead: every reset
+/// a period of up to 5 minutes can give (resets are at most two periods).
+const PREBUILT_RESETS: u64 = 600;
+
+/// The `429` header values of one rate threshold, built once: a denied request (the hot path
+/// of a limit that fires) clones them instead of formatting three headers.
+#[derive(Debug)]
+struct RateValues {
+    info: RateLimitInfo,
+    policy: HeaderValue,
+    /// `RateLimit` and `Retry-After` by reset, `0..=min(two periods, PREBUILT_RESETS)`.
+    by_reset: Box<[(HeaderValue, HeaderValue)]>,
+}
+
+impl RateValues {
+    fn new(info: RateLimitInfo) -> RateValues {
+        let last = u64::try_from(2 * Self::window(&info))
+            .map_or(PREBUILT_RESETS, |w| w.min(PREBUILT_RESETS));
+        RateValues {
+            info,
+            policy: Self::policy(&info),
+            by_reset: (0..=last).map(|r| Self::format(info.ty, r)).collect(),
+        }
+    }
+
+    /// The period in whole seconds (at least 1).
+    fn window(info: &RateLimitInfo) -> u128 {
+        info.period.as_millis().div_ceil(1000).max(1)
+    }
+
+    fn policy(info: &RateLimitInfo) -> HeaderValue {
+        let unit = match info.ty {
+            DataType::BytesInRate | DataType::BytesOutRate => ";qu=\"content-bytes\"",
+            _ => "",
+        };
+        value(format!(
+            "\"{}\";q={};w={}{unit}",
+            info.ty.name(),
+            info.limit,
+            Self::window(info)
+        ))
+    }
+
+    fn format(ty: DataType, reset: u64) -> (HeaderValue, HeaderValue) {
+        (
+            value(format!("\"{}\";r=0;t={reset}", ty.name())),
+            HeaderValue::from(reset),
+        )
+    }
+
+    fn headers(&self, reset: u64) -> RateHeaders {
+        let (limit, retry_after) = usize::try_from(reset)
+            .ok()
+            .and_then(|r| self.by_reset.get(r))
+            .cloned()
+            .unwrap_or_else(|| Self::format(self.info.ty, reset));
+        RateHeaders {
+            policy: self.policy.clone(),
+            limit,
+            retry_after,
+        }
+    }
+}
+
+/// A header value from text built of a type name, quotes and digits (always valid).
+fn value(s: String) -> HeaderValue {
+    HeaderValue::try_from(s).unwrap_or(HeaderValue::from_static(""))
 }
 
 /// Whole seconds from `now` until `read` (the rate at a tick, as the table computes it with
@@ -453,6 +534,27 @@ mod runtime_tests {
         assert_eq!(retry_after(&i, Tick(0), window(100_000, 10_000)), Some(20));
         // Just above: the rest of the period and a little more.
         assert_eq!(retry_after(&i, Tick(9_500), window(101, 10_000)), Some(1));
+    }
+
+    #[test]
+    fn rate_header_values_are_the_same_prebuilt_or_not() {
+        let req = RateValues::new(info(DataType::HttpReqRate, 100, 10));
+        assert_eq!(req.by_reset.len(), 21, "resets 0..=20 for a 10 s period");
+        let h = req.headers(13);
+        assert_eq!(h.policy, "\"http_req_rate\";q=100;w=10");
+        assert_eq!(h.limit, "\"http_req_rate\";r=0;t=13");
+        assert_eq!(h.retry_after, "13");
+        // An hour's period: resets past the prebuilt ones are formatted as they come.
+        let bytes = RateValues::new(info(DataType::BytesInRate, 5000, 3600));
+        assert_eq!(bytes.by_reset.len() as u64, PREBUILT_RESETS + 1);
+        let h = bytes.headers(4321);
+        assert_eq!(
+            h.policy,
+            "\"bytes_in_rate\";q=5000;w=3600;qu=\"content-bytes\""
+        );
+        assert_eq!(h.limit, "\"bytes_in_rate\";r=0;t=4321");
+        assert_eq!(h.retry_after, "4321");
+        assert_eq!(bytes.headers(600).limit, "\"bytes_in_rate\";r=0;t=600");
     }
 
     #[test]

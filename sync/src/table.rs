@@ -452,12 +452,24 @@ impl Table {
     /// The fleet-merged value of `ty` for a tracked entry at `now`. `None` if the table does
     /// not store `ty`, the register is unset, or the entry is gone.
     pub fn read(&self, t: &mut Tracked, ty: DataType, now: Tick) -> Option<u64> {
-        let f = self.layout.field(ty)?;
-        let cx = self.cx(now);
+        self.read_with(t, ty, |read| read(now)).flatten()
+    }
+
+    /// Reads `ty` of a tracked entry at several ticks under one lock: `f` gets a reader of
+    /// the fleet-merged value at a tick (for working out when a rate falls below a limit).
+    /// `None` if the table does not store `ty` or the entry is gone.
+    pub fn read_with<R>(
+        &self,
+        t: &mut Tracked,
+        ty: DataType,
+        f: impl FnOnce(&dyn Fn(Tick) -> Option<u64>) -> R,
+    ) -> Option<R> {
+        let field = self.layout.field(ty)?;
         let shard = self.shard_of(t.hash).lock();
         let slot = shard.locate(t.slot, t.hash, &t.key)?;
         t.slot = slot;
-        shard.entry(slot)?.read(&cx, f)
+        let entry = shard.entry(slot)?;
+        Some(f(&|at| entry.read(&self.cx(at), field)))
     }
 
     /// The fleet-merged value of `ty` for `key`, without creating anything.

@@ -103,6 +103,37 @@ fn rates_travel_as_ages_and_need_no_clock_sync() {
 }
 
 #[test]
+fn a_rate_read_at_several_ticks_under_one_lock_matches_single_reads() {
+    let s = schema(&["http_req_rate(10s)", "gpc0"]);
+    let a = Node::new("a", s.clone());
+    let b = Node::new("b", s);
+    let k = ip("10.0.0.4");
+    let mut ha = a.table.track(k.clone(), a.tick(0));
+    let mut hb = b.table.track(k.clone(), b.tick(0));
+    for _ in 0..60 {
+        a.table.record(&mut ha, Event::HttpReq, a.tick(1_000));
+        b.table.record(&mut hb, Event::HttpReq, b.tick(2_000));
+    }
+    b.sync_to(&a, 3_000);
+    let ticks = [3_000, 9_999, 12_500, 15_000, 21_000];
+    let seen = a
+        .table
+        .read_with(&mut ha, D::HttpReqRate, |read| {
+            ticks.map(|t| read(a.tick(t)))
+        })
+        .expect("the entry stores the rate");
+    assert_eq!(seen, ticks.map(|t| a.read(&k, D::HttpReqRate, t)));
+    assert_eq!(seen[0], Some(120), "both origins' events, merged");
+    assert_eq!(seen[4], Some(0));
+    assert!(
+        a.table
+            .read_with(&mut ha, D::ConnCur, |read| read(a.tick(0)))
+            .is_none(),
+        "a type the table does not store reads as nothing"
+    );
+}
+
+#[test]
 fn gauges_count_only_live_origins() {
     let s = schema(&["conn_cur"]);
     let a = Node::new("a", s.clone());

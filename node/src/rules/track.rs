@@ -148,6 +148,16 @@ impl Track {
         self.table.read(&mut h, ty, now)
     }
 
+    /// Reads `ty` at several ticks under one lock (see [`Table::read_with`]).
+    pub(crate) fn read_with<R>(
+        &self,
+        ty: DataType,
+        f: impl FnOnce(&dyn Fn(Tick) -> Option<u64>) -> R,
+    ) -> Option<R> {
+        let mut h = self.handle.clone();
+        self.table.read_with(&mut h, ty, f)
+    }
+
     /// `sc-inc-gpc0`.
     pub(crate) fn inc_gpc0(&self, now: Tick) {
         let mut h = self.handle.clone();
