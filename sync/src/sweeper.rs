@@ -34,12 +34,18 @@ pub async fn run(tables: Arc<Tables>, clock: NodeClock, cancel: CancellationToke
         cursors.retain(|name, _| all.contains_key(name));
         for (name, table) in all.iter() {
             let cursor = cursors.entry(name.clone()).or_default();
+            // The budget follows the table's size; a table holding far fewer entries ends
+            // its pass early, and the rest of the budget waits for the next turn (walking
+            // again at once would take every shard lock over and over for nothing).
             let mut budget = table.schema().size.div_ceil(turns_per_pass).max(CHUNK);
             let mut removed = 0;
             while budget > 0 {
                 let n = budget.min(CHUNK);
                 removed += table.sweep(cursor, n, clock.tick());
                 budget -= n;
+                if cursor.is_done() {
+                    break;
+                }
                 // Let the request path's tasks run between chunks.
                 tokio::task::yield_now().await;
             }

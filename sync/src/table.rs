@@ -717,16 +717,17 @@ impl Table {
         n
     }
 
-    /// Removes expired entries and records, visiting at most `max` slots from `cursor` (which
-    /// wraps around). Returns how many entries were removed.
+    /// Removes expired entries and records, visiting at most `max` slots from `cursor` and
+    /// stopping at the end of the table: the cursor is then done, and a done cursor starts the
+    /// next pass. Returns how many entries were removed.
     pub fn sweep(&self, cursor: &mut Cursor, max: usize, now: Tick) -> usize {
+        if cursor.is_done() {
+            *cursor = Cursor::new();
+        }
         let cx = self.cx(now);
         let mut visited = 0;
         let mut removed = 0;
-        while visited < max {
-            if cursor.shard >= self.shards.len() {
-                *cursor = Cursor::new();
-            }
+        while visited < max && cursor.shard < self.shards.len() {
             let mut shard = self.shards[cursor.shard].0.lock();
             let end = shard.slot_count().min(cursor.slot + (max - visited));
             for slot in cursor.slot..end {
@@ -744,6 +745,9 @@ impl Table {
                 cursor.shard += 1;
                 cursor.slot = 0;
             }
+        }
+        if cursor.shard >= self.shards.len() {
+            cursor.shard = MAX_SHARDS;
         }
         self.entries.fetch_sub(removed, Ordering::Relaxed);
         self.expired.fetch_add(removed as u64, Ordering::Relaxed);

@@ -42,6 +42,30 @@ fn an_entry_touched_on_any_origin_within_expire_survives() {
 }
 
 #[test]
+fn a_sweep_stops_at_the_end_of_its_pass() {
+    let a = Node::new("a", schema(&["gpc0"]));
+    for i in 0..50u8 {
+        let k = ip(&format!("10.2.0.{i}"));
+        let mut h = a.table.track(k, a.tick(0));
+        a.table.record(&mut h, Event::IncGpc0(1), a.tick(0));
+    }
+    // A budget far larger than the table: one pass, not the table over and over.
+    let mut cur = Cursor::new();
+    assert_eq!(
+        a.table.sweep(&mut cur, 1_000_000, a.tick(EXPIRE_MS + 1)),
+        50
+    );
+    assert!(cur.is_done(), "the pass ended at the end of the table");
+    assert_eq!(a.table.len(), 0);
+    // A done cursor starts the next pass.
+    let mut h = a.table.track(ip("10.2.1.1"), a.tick(EXPIRE_MS + 2));
+    a.table
+        .record(&mut h, Event::IncGpc0(1), a.tick(EXPIRE_MS + 2));
+    assert_eq!(a.table.sweep(&mut cur, 1_000_000, a.tick(3 * EXPIRE_MS)), 1);
+    assert!(cur.is_done());
+}
+
+#[test]
 fn an_expired_entry_reads_as_gone_before_the_sweeper_runs() {
     let a = Node::new("a", schema(&["gpc0"]));
     let k = ip("10.1.0.2");
