@@ -10,7 +10,7 @@
 //! - burst: 600 requests, 30 at once, rotating over the nodes (~10k req/s) — admitted;
 //! - spread: three clients from one address, one per node, 300 requests per second each, for
 //!   15 s — the most admitted in any 10 s window, and admitted per second over time (plotted);
-//! - sticky: 200 fresh clients, each asks node 1, then node 2's table is polled (admin API /
+//! - sticky: 500 fresh clients, each asks node 1, then node 2's table is polled (admin API /
 //!   runtime API) until the client's `server_id` shows: propagation from node 1's answer; then
 //!   nodes 2 and 3 are asked and must pick node 1's server. The observer's own share of that
 //!   figure is shown beside it: one read of a key node 2 already holds.
@@ -39,7 +39,7 @@ const BURST: usize = 600;
 const BURST_CONC: usize = 30;
 const SPREAD_RATE: f64 = 300.0;
 const SPREAD_SECS: f64 = 15.0;
-const STICKY_KEYS: u32 = 200;
+const STICKY_KEYS: u32 = 500;
 const SETTLE: Duration = Duration::from_secs(4);
 const POLL_PAUSE: Duration = Duration::from_micros(50);
 

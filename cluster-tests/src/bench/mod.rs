@@ -57,7 +57,7 @@ phases (default: all, in this order):
   fleet   3-node fleet: admitted requests under a fleet-wide limit, sticky propagation
 
 options:
-  --runs N        alternating runs of each proxy for http and flood (default 3)
+  --runs N        alternating runs of each proxy for http and flood (default 5)
   --secs N        seconds of each wrk run (default 5) and of each flood (default 5)
   --plots DIR     where the PNG plots go (default: docs/ of this checkout)
   --no-plots      draw nothing
@@ -87,7 +87,7 @@ impl Opts {
     fn parse() -> anyhow::Result<Option<Opts>> {
         let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs");
         let mut o = Opts {
-            runs: 3,
+            runs: 5,
             secs: 5,
             phases: Vec::new(),
             plots: Some(docs),
