@@ -1,5 +1,7 @@
-//! HTTP reverse proxying: the per-connection server (HTTP/1.1, or HTTP/2 after TLS ALPN), the
-//! per-request path, and the response body that hands backend connections back to their pool.
+//! HTTP reverse proxying: the per-connection server (our own HTTP/1 server in [`h1`], which
+//! leaves upgrades, streamed request bodies and malformed input to hyper; hyper for HTTP/2 after
+//! TLS ALPN), the per-request path, and the response body that hands backend connections back
+//! to their pool.
 //!
 //! The request path does no map lookups, takes no lock except the server pool's and the stick
 //! tables' shards (when rules or stickiness use them), and formats nothing per request except
@@ -34,6 +36,8 @@ use crate::rules::track::{Meter, Tracks};
 use crate::rules::{self, Decision, RateLimitInfo};
 use crate::tcp_proxy;
 
+mod h1;
+
 /// Stale pooled connections tried before giving up on a request (each is found closed only
 /// when a request is handed to it).
 const MAX_STALE_RETRIES: u32 = 4;
@@ -60,47 +64,50 @@ pub(crate) async fn serve<IO>(io: IO, ctx: Arc<ConnCtx>, token: CancellationToke
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    if !h2 {
+        return h1::serve(io, ctx, token).await;
+    }
     let limits = ctx.frontend.config.limits.clone();
     let svc_ctx = ctx.clone();
-    let svc = service_fn(move |req| handle(svc_ctx.clone(), req));
-    if h2 {
-        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
-        let conn = builder.serve_connection(TokioIo::new(io), svc);
-        drive(pin!(conn), &ctx, &token).await;
-    } else {
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            // Our watchdog enforces the header and keep-alive timeouts with one timer per
-            // connection; hyper's would arm a boxed timer per request.
-            .header_read_timeout(None)
-            .max_buf_size(limits.max_header_size)
-            .keep_alive(true)
-            .writev(false);
-        let conn = builder
-            .serve_connection(TokioIo::new(io), svc)
-            .with_upgrades();
-        drive(pin!(conn), &ctx, &token).await;
-    }
+    let svc = service_fn(move |req: Request<Incoming>| {
+        handle(svc_ctx.clone(), req.map(ReqBody::streamed))
+    });
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    drive(pin!(conn), &ctx, &token).await;
+}
+
+/// Serves the rest of an HTTP/1 connection with hyper: what the plain server in [`h1`] hands
+/// over (upgrades, streamed or chunked request bodies, malformed or oversized heads).
+async fn serve_hyper_h1<IO>(io: IO, ctx: Arc<ConnCtx>, token: CancellationToken)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = ctx.frontend.config.limits.clone();
+    let svc_ctx = ctx.clone();
+    let svc = service_fn(move |req: Request<Incoming>| {
+        handle(svc_ctx.clone(), req.map(ReqBody::streamed))
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        // Our watchdog enforces the header and keep-alive timeouts with one timer per
+        // connection; hyper's would arm a boxed timer per request.
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_header_size)
+        .keep_alive(true)
+        .writev(false);
+    let conn = builder
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    drive(pin!(conn), &ctx, &token).await;
 }
 
 /// The two hyper connection types, for [`drive`].
 trait Graceful: Future<Output = Result<(), hyper::Error>> {
     fn shutdown(self: Pin<&mut Self>);
-}
-
-impl<I, S> Graceful for hyper::server::conn::http1::Connection<I, S>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    S: hyper::service::HttpService<Incoming>,
-    S::ResBody: Body + 'static,
-    <S::ResBody as Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn shutdown(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
 }
 
 impl<I, S, B> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
@@ -169,10 +176,7 @@ async fn drive<C: Graceful>(mut conn: Pin<&mut C>, ctx: &ConnCtx, token: &Cancel
     }
 }
 
-async fn handle(
-    ctx: Arc<ConnCtx>,
-    req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Rejected> {
+async fn handle(ctx: Arc<ConnCtx>, req: Request<ReqBody>) -> Result<Response<ProxyBody>, Rejected> {
     let start = Instant::now();
     ctx.activity.begin(start);
     // Ends the request in the connection's activity even if hyper drops this future (a client
@@ -286,7 +290,7 @@ fn is_idempotent(m: &Method) -> bool {
 
 async fn forward(
     ctx: &Arc<ConnCtx>,
-    req: Request<Incoming>,
+    mut req: Request<ReqBody>,
     own: &mut Tracks,
 ) -> Response<ProxyBody> {
     let fe = &ctx.frontend;
@@ -296,7 +300,7 @@ async fn forward(
         Some(_) => Meter::new(&[&ctx.tracks.tracks, own], true, fe.clock),
         None => None,
     };
-    let mut req = req.map(|b| ReqBody::new(b, meter));
+    req.body_mut().set_meter(meter);
     let stuck = match &fe.stick {
         Some(s) => s.lookup(backend, client, Some(req.headers()), fe.clock.tick()),
         None => Stuck::default(),

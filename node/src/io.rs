@@ -80,24 +80,45 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
 /// store `bytes_in_*` (one table operation per chunk) when there are any.
 #[derive(Debug)]
 pub struct ReqBody {
-    /// `None` once taken away to be sent.
-    inner: Option<Incoming>,
+    inner: Source,
     meter: Option<Meter>,
 }
 
+/// Where a request body comes from.
+#[derive(Debug)]
+enum Source {
+    /// Streamed by hyper (HTTP/2, and HTTP/1 requests the plain server hands over).
+    Hyper(Incoming),
+    /// Read whole with the head by the HTTP/1 server; `None` once sent (or for none).
+    Full(Option<Bytes>),
+}
+
 impl ReqBody {
-    /// Wraps a client's request body.
-    pub(crate) fn new(inner: Incoming, meter: Option<Meter>) -> ReqBody {
+    /// Wraps a request body hyper streams.
+    pub(crate) fn streamed(inner: Incoming) -> ReqBody {
         ReqBody {
-            inner: Some(inner),
-            meter,
+            inner: Source::Hyper(inner),
+            meter: None,
         }
+    }
+
+    /// A body already read whole (empty for none).
+    pub(crate) fn full(data: Bytes) -> ReqBody {
+        ReqBody {
+            inner: Source::Full((!data.is_empty()).then_some(data)),
+            meter: None,
+        }
+    }
+
+    /// Counts the body into `meter` as it is sent.
+    pub(crate) fn set_meter(&mut self, meter: Option<Meter>) {
+        self.meter = meter;
     }
 
     /// Takes the body away, leaving an empty one.
     pub(crate) fn take(&mut self) -> ReqBody {
         ReqBody {
-            inner: self.inner.take(),
+            inner: std::mem::replace(&mut self.inner, Source::Full(None)),
             meter: self.meter.take(),
         }
     }
@@ -112,10 +133,10 @@ impl Body for ReqBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
+        let polled = match &mut this.inner {
+            Source::Hyper(inner) => Pin::new(inner).poll_frame(cx),
+            Source::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
-        let polled = Pin::new(inner).poll_frame(cx);
         if let (Some(m), Poll::Ready(Some(Ok(frame)))) = (&mut this.meter, &polled)
             && let Some(data) = frame.data_ref()
         {
@@ -125,12 +146,16 @@ impl Body for ReqBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        match &self.inner {
+            Source::Hyper(inner) => inner.is_end_stream(),
+            Source::Full(data) => data.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+        match &self.inner {
+            Source::Hyper(inner) => inner.size_hint(),
+            Source::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        }
     }
 }

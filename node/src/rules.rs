@@ -21,11 +21,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Request};
-use hyper::body::Incoming;
 use sluice_sync::{DataType, Event, Key, KeyType, NodeClock, Tables, Tick};
 use tracing::{debug, warn};
 
 use crate::conn::ConnCtx;
+use crate::io::ReqBody;
 use crate::metrics::Outcome;
 
 mod ast;
@@ -200,7 +200,7 @@ impl Engine {
     pub(crate) fn on_request(
         &self,
         ctx: &ConnCtx,
-        req: &Request<Incoming>,
+        req: &Request<ReqBody>,
         own: &mut Tracks,
     ) -> (Decision, Outcome) {
         let now = self.clock.tick();
@@ -277,7 +277,7 @@ struct Eval<'a> {
     now: Tick,
     src: IpAddr,
     /// The request, at the request stage.
-    req: Option<&'a Request<Incoming>>,
+    req: Option<&'a Request<ReqBody>>,
     /// The connection's tracks, at the request stage.
     conn: Option<&'a Tracks>,
     /// The tracks this stage starts.
@@ -350,7 +350,7 @@ impl Effects for Eval<'_> {
 fn track_key(
     key: &TrackKey,
     src: IpAddr,
-    req: Option<&Request<Incoming>>,
+    req: Option<&Request<ReqBody>>,
     ty: KeyType,
 ) -> Option<Key> {
     let bytes: &[u8] = match key {

@@ -108,6 +108,47 @@ async fn graceful_shutdown_finishes_an_in_flight_request() {
     a.stop().await;
 }
 
+#[tokio::test]
+async fn draining_closes_idle_keep_alive_connections_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = TestBackend::start("a").await;
+    let n = TestNode::start(&http_config(
+        &[&a],
+        "",
+        "limits = { keepalive_timeout = \"60s\" }",
+    ))
+    .await;
+    let mut idle = tokio::net::TcpStream::connect(n.addr("web")).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).ends_with("\r\n\r\na") {
+        let mut buf = [0u8; 1024];
+        let read = tokio::time::timeout(5 * SECOND, idle.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(read > 0, "closed before its answer");
+        got.extend_from_slice(&buf[..read]);
+    }
+
+    n.token.cancel();
+    let node = n.node.clone();
+    let stopped = tokio::spawn(async move { node.stopped().await });
+    // Well before the keep-alive timeout.
+    let (rest, closed) = util::read_to_close(&mut idle, 5 * SECOND).await;
+    assert!(closed && rest.is_empty(), "closed without a word: {rest:?}");
+    assert!(
+        tokio::time::timeout(5 * SECOND, stopped)
+            .await
+            .unwrap()
+            .unwrap(),
+        "drained in time"
+    );
+    a.stop().await;
+}
+
 /// Whether the node's `/metrics` say `web` has `n` client connections open.
 fn connections_active(n: &TestNode, want: u64) -> bool {
     let line = format!("sluice_connections_active{{frontend=\"web\"}} {want}\n");

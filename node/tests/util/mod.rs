@@ -2,6 +2,8 @@
 //! conditions with deadlines (never fixed sleeps).
 #![allow(dead_code, unreachable_pub)]
 
+pub mod scripted;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
