@@ -351,14 +351,14 @@ async fn forward(
         // connection writes it.
         let result = match conn.send(&mut req).await {
             Ok(()) => {
-                let limit = backend.limits().response_timeout;
-                tokio::time::timeout(limit, conn.read_head(req.method())).await
+                let deadline = Instant::now() + backend.limits().response_timeout;
+                conn.read_head(req.method(), deadline).await
             }
-            Err(e) => Ok(Err(e)),
+            Err(e) => Err(e),
         };
         let server = guard.server();
         match result {
-            Ok(Ok(resp)) => {
+            Ok(resp) => {
                 let status = resp.status().as_u16();
                 server.metrics.response(status);
                 if (400..500).contains(&status) && fe.rules.is_some() {
@@ -384,7 +384,12 @@ async fn forward(
                 }
                 return proxied_response(ctx, resp, guard, set_cookie);
             }
-            Ok(Err(e)) => {
+            Err(ExchangeError::Timeout) => {
+                server.metrics.response_errors.fetch_add(1, Relaxed);
+                debug!(server = %server.name, "backend response timed out");
+                return local(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n");
+            }
+            Err(e) => {
                 // A pooled connection the server had closed just as it was taken: the request
                 // did not leave (the first write failed), or — for a request without a body
                 // that may be repeated — the server closed without answering a byte.
@@ -400,11 +405,6 @@ async fn forward(
                 server.metrics.response_errors.fetch_add(1, Relaxed);
                 debug!(server = %server.name, error = %e, "backend request failed");
                 return local(StatusCode::BAD_GATEWAY, "bad gateway\n");
-            }
-            Err(_) => {
-                server.metrics.response_errors.fetch_add(1, Relaxed);
-                debug!(server = %server.name, "backend response timed out");
-                return local(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n");
             }
         }
     }

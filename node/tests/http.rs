@@ -206,6 +206,34 @@ async fn idle_keep_alive_connection_is_closed() {
 }
 
 #[tokio::test]
+async fn a_response_head_late_past_the_timeout_gets_504() {
+    let b = TestBackend::start("a").await;
+    let n = TestNode::start(&http_config(
+        &[&b],
+        "limits = { response_timeout = \"300ms\" }",
+        "",
+    ))
+    .await;
+    let mut c = Client::connect(n.addr("web")).await;
+    // The backend connection's first exchange arms its timer; the slow one re-arms it.
+    assert_eq!(c.get("/").await, (200, Bytes::from("a")));
+    let start = tokio::time::Instant::now();
+    let (status, _) = c.get("/slow").await;
+    let took = start.elapsed();
+    assert_eq!(status, 504);
+    assert!(
+        took >= Duration::from_millis(250) && took < 3 * SECOND,
+        "504 after {took:?}"
+    );
+    // The timed-out backend connection is not reused; a new one answers.
+    assert_eq!(c.get("/").await, (200, Bytes::from("a")));
+    assert_eq!(b.connections.load(SeqCst), 2);
+    b.release();
+    n.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
 async fn all_servers_down_gives_503() {
     let a = TestBackend::start("a").await;
     let b = TestBackend::start("b").await;

@@ -24,6 +24,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body, SizeHint};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use crate::io::ReqBody;
 
@@ -44,6 +45,10 @@ pub struct BackendConn {
     wbuf: Vec<u8>,
     /// The request body still being sent.
     upload: Option<Upload>,
+    /// The response timeout, kept for the connection's life: moving a registered timer to a
+    /// later deadline is one compare-and-swap, where a new timer per request is inserted
+    /// into and removed from the runtime's timer wheel.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// A request body being sent while the response is read.
@@ -87,6 +92,9 @@ pub enum ExchangeError {
     /// The response is not valid HTTP/1.
     #[error("invalid response: {0}")]
     Invalid(&'static str),
+    /// No response head by the deadline.
+    #[error("no response head in time")]
+    Timeout,
 }
 
 impl BackendConn {
@@ -97,6 +105,7 @@ impl BackendConn {
             buf: BytesMut::with_capacity(READ_CHUNK),
             wbuf: Vec::with_capacity(1024),
             upload: None,
+            timer: None,
         }
     }
 
@@ -201,11 +210,20 @@ impl BackendConn {
     }
 
     /// Reads the response head (skipping interim `1xx` answers other than `101`) to a request
-    /// with `method`. The response's body reads on from this connection.
+    /// with `method`, failing with [`ExchangeError::Timeout`] once `deadline` passes. The
+    /// response's body reads on from this connection.
     pub async fn read_head(
         mut self: Box<Self>,
         method: &Method,
+        deadline: Instant,
     ) -> Result<Response<Upstream>, ExchangeError> {
+        let mut timer = match self.timer.take() {
+            Some(mut t) => {
+                t.as_mut().reset(deadline);
+                t
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
         loop {
             // Until the buffer holds a whole head; parsing needs no await, so the parser's
             // header array never becomes part of this future.
@@ -217,7 +235,15 @@ impl BackendConn {
                     return Err(ExchangeError::Invalid("response head too large"));
                 }
                 let before = self.buf.len();
-                if self.read_more().await? == 0 {
+                let read = std::future::poll_fn(|cx| match self.poll_read_more(cx) {
+                    Poll::Ready(r) => Poll::Ready(r.map_err(ExchangeError::from)),
+                    Poll::Pending => timer
+                        .as_mut()
+                        .poll(cx)
+                        .map(|()| Err(ExchangeError::Timeout)),
+                })
+                .await?;
+                if read == 0 {
                     return Err(if before == 0 {
                         ExchangeError::EmptyResponse
                     } else {
@@ -228,6 +254,7 @@ impl BackendConn {
             let Some(head) = parse_head(&mut self.buf, &spans, method)? else {
                 continue;
             };
+            self.timer = Some(timer);
             let mut resp = Response::new(Upstream {
                 conn: Some(self),
                 framing: head.framing,
@@ -238,11 +265,6 @@ impl BackendConn {
             *resp.headers_mut() = head.headers;
             return Ok(resp);
         }
-    }
-
-    /// Reads what the socket has into the buffer; 0 at the end of the stream.
-    async fn read_more(&mut self) -> io::Result<usize> {
-        std::future::poll_fn(|cx| self.poll_read_more(cx)).await
     }
 
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
