@@ -42,6 +42,9 @@ const READ_CHUNK: usize = 8 * 1024;
 /// Body data up to this size is copied behind the head into one write; larger data is
 /// written from its own buffer.
 const COPY_LIMIT: usize = 16 * 1024;
+/// Buffered response bytes are written once they reach this much, even while the body has
+/// more at hand (a fast backend streaming a large body).
+const FLUSH_AT: usize = 64 * 1024;
 
 /// The answer to a head that parsed but cannot become a request (an invalid URI or header
 /// field), after which the connection closes. hyper gives the same.
@@ -344,6 +347,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             }
             if chunked {
                 self.wbuf.extend_from_slice(b"\r\n");
+            }
+            if self.wbuf.len() >= FLUSH_AT && self.flush_wbuf().await.is_err() {
+                return false;
             }
         }
         drop(body);
