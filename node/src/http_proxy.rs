@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug};
 
 use crate::backend::stick::{Committed, Stuck};
-use crate::backend::{ActiveGuard, ExchangeError, Server, Upstream, connect_http};
+use crate::backend::{ActiveGuard, ExchangeError, RawFields, Server, Upstream, connect_http};
 use crate::conn::{Activity, ConnCtx, watchdog};
 use crate::io::{Prefixed, ReqBody};
 use crate::metrics::Outcome;
@@ -70,7 +70,11 @@ where
     let limits = ctx.frontend.config.limits.clone();
     let svc_ctx = ctx.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
-        handle(svc_ctx.clone(), req.map(ReqBody::streamed))
+        let ctx = svc_ctx.clone();
+        async move {
+            let resp = handle(ctx, req.map(ReqBody::streamed)).await?;
+            Ok::<_, Rejected>(fields_in_map(resp))
+        }
     });
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
@@ -89,7 +93,11 @@ where
     let limits = ctx.frontend.config.limits.clone();
     let svc_ctx = ctx.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
-        handle(svc_ctx.clone(), req.map(ReqBody::streamed))
+        let ctx = svc_ctx.clone();
+        async move {
+            let resp = handle(ctx, req.map(ReqBody::streamed)).await?;
+            Ok::<_, Rejected>(fields_in_map(resp))
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -640,6 +648,18 @@ fn local(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     resp
 }
 
+/// Puts a proxied response's header fields, left in the backend's head bytes for the HTTP/1
+/// server to write as they are, into its `HeaderMap` for hyper.
+fn fields_in_map(resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    let (mut parts, mut body) = resp.into_parts();
+    if let Kind::Upstream { body: up, .. } = &mut body.kind
+        && let Some(fields) = up.take_raw_fields()
+    {
+        parts.headers = fields.into_map(std::mem::take(&mut parts.headers));
+    }
+    Response::from_parts(parts, body)
+}
+
 /// A response body: streamed from a backend, or a short local answer.
 ///
 /// When a backend body ends, its connection returns to the server's pool and the server's
@@ -663,6 +683,14 @@ enum Kind {
 }
 
 impl ProxyBody {
+    /// A proxied response's header fields still in the backend's head bytes, if they are.
+    pub(crate) fn raw_fields(&self) -> Option<&RawFields> {
+        match &self.kind {
+            Kind::Upstream { body, .. } => body.raw_fields(),
+            Kind::Local(_) => None,
+        }
+    }
+
     fn finish(&mut self, complete: bool) {
         if let Kind::Upstream { body, guard } = &mut self.kind
             && let Some(guard) = guard.take()

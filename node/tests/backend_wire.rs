@@ -85,6 +85,60 @@ async fn connection_close_from_the_server_is_honoured() {
     n.stop().await;
 }
 
+/// A response whose head carries every kind of field the proxy must drop or keep.
+const MIXED_FIELDS: &[u8] = b"HTTP/1.1 200 OK\r\n\
+    Connection: X-Secret, keep-alive\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\n\
+    Trailer: x-t\r\nProxy-Connection: keep-alive\r\nX-Kept: yes\r\nX-Kept: again\r\n\
+    Via: 1.0 upstream\r\nDate: Tue, 01 Dec 2026 00:00:00 GMT\r\n\
+    Transfer-Encoding: chunked\r\nContent-Length: 999\r\n\r\n\
+    5\r\nhello\r\n0\r\n\r\n";
+
+#[tokio::test]
+async fn response_fields_are_forwarded_without_hop_by_hop_ones_on_either_server() {
+    let b = Scripted::start(|_, _| (MIXED_FIELDS.to_vec(), false)).await;
+    let n = TestNode::start(&b.config()).await;
+    let check = |headers: &hyper::HeaderMap, body: &Bytes| {
+        assert_eq!(body, &Bytes::from("hello"));
+        let kept: Vec<_> = headers.get_all("x-kept").iter().collect();
+        assert_eq!(kept, ["yes", "again"]);
+        assert_eq!(headers.get("via").unwrap(), "1.0 upstream");
+        assert_eq!(
+            headers.get("date").unwrap(),
+            "Tue, 01 Dec 2026 00:00:00 GMT"
+        );
+        for gone in [
+            "x-secret",
+            "keep-alive",
+            "trailer",
+            "proxy-connection",
+            "connection",
+        ] {
+            assert!(headers.get(gone).is_none(), "{gone} forwarded: {headers:?}");
+        }
+        // Chunked won over the length, which is not the body's: it is not forwarded.
+        assert!(headers.get("content-length").is_none(), "{headers:?}");
+    };
+    // The HTTP/1 server writes the fields as the backend sent them.
+    let mut c = Client::connect(n.addr("web")).await;
+    let (status, headers, body) = c.send(get_req("/")).await;
+    assert_eq!(status, 200);
+    check(&headers, &body);
+    // An Upgrade field (here not an upgrade: no `Connection: upgrade`) hands the connection
+    // to hyper, which gets the fields in a map, for this request and the next.
+    let odd = Request::get("/")
+        .header("host", "t")
+        .header("upgrade", "x")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    for req in [odd, get_req("/")] {
+        let (status, headers, body) = c.send(req).await;
+        assert_eq!(status, 200);
+        check(&headers, &body);
+    }
+    assert_eq!(b.requests.load(SeqCst), 3);
+    n.stop().await;
+}
+
 #[tokio::test]
 async fn bodiless_answers_keep_the_connection() {
     let b = Scripted::start(|head, _| {

@@ -259,6 +259,7 @@ impl BackendConn {
                 conn: Some(self),
                 framing: head.framing,
                 reusable: head.reusable,
+                fields: head.raw,
             });
             *resp.status_mut() = head.status;
             *resp.version_mut() = head.version;
@@ -339,6 +340,8 @@ struct Head {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
+    /// The forwarded fields, when they are not in `headers`.
+    raw: Option<Box<RawFields>>,
     framing: Framing,
     reusable: bool,
 }
@@ -363,11 +366,61 @@ fn parse_head(
     }
     // The head is split off and frozen, so header values share its bytes.
     let head = buf.split_to(spans.len).freeze();
-    let mut fields = Fields::new(status, version, spans.count);
+    let mut fields = Fields::new(status, version);
+    if spans.count <= FEW_HEADERS && !fields.upgrade {
+        // The common case: the fields stay where they are, and those to forward are marked.
+        let mut keep = 0u16;
+        let mut lengths = 0u16;
+        let mut date = false;
+        for (i, &(n, nl, v, vl)) in spans.at[..spans.count].iter().enumerate() {
+            let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
+            let (name, value) = (&head[n..n + nl], &head[v..v + vl]);
+            match fields.add(name, value)? {
+                Field::Forward(kind) => {
+                    keep |= 1 << i;
+                    date |= kind == Kind::Date;
+                    if kind == Kind::ContentLength {
+                        lengths |= 1 << i;
+                    }
+                }
+                Field::Drop => {}
+            }
+        }
+        for (i, &(n, nl, _, _)) in spans.at[..spans.count].iter().enumerate() {
+            let name = &head[n as usize..(n + nl) as usize];
+            if fields.names(name) {
+                keep &= !(1 << i);
+            }
+        }
+        // With both, chunked wins: the length is not the body's.
+        if fields.chunked {
+            keep &= !lengths;
+        }
+        // Boxed: it moves with the response, a few times.
+        let raw = Box::new(RawFields {
+            length: keep & lengths != 0,
+            head,
+            at: spans.at,
+            keep,
+            date,
+        });
+        return Ok(Some(fields.finish(method, HeaderMap::new(), Some(raw))));
+    }
+    let mut map = HeaderMap::with_capacity(spans.count);
+    let mut add = |name: &[u8], value: Bytes| -> Result<(), ExchangeError> {
+        if let Field::Forward(_) = fields.add(name, &value)? {
+            let name = HeaderName::from_bytes(name)
+                .map_err(|_| ExchangeError::Invalid("bad header name"))?;
+            let value = HeaderValue::from_maybe_shared(value)
+                .map_err(|_| ExchangeError::Invalid("bad header value"))?;
+            map.append(name, value);
+        }
+        Ok(())
+    };
     if spans.count <= FEW_HEADERS {
         for &(n, nl, v, vl) in &spans.at[..spans.count] {
             let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
-            fields.add(&head[n..n + nl], head.slice(v..v + vl))?;
+            add(&head[n..n + nl], head.slice(v..v + vl))?;
         }
     } else {
         let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
@@ -383,19 +436,128 @@ fn parse_head(
             return Err(ExchangeError::Invalid("malformed response head"));
         }
         for h in parsed.headers.iter() {
-            fields.add(h.name.as_bytes(), head.slice_ref(h.value))?;
+            add(h.name.as_bytes(), head.slice_ref(h.value))?;
         }
     }
-    Ok(Some(fields.finish(method)))
+    if !fields.upgrade {
+        if let Some(named) = &fields.named {
+            for n in named {
+                map.remove(n);
+            }
+        }
+        if fields.chunked {
+            map.remove(header::CONTENT_LENGTH);
+        }
+    }
+    Ok(Some(fields.finish(method, map, None)))
 }
 
-/// The header fields of a response head as they are read: framing and connection
-/// management taken out, hop-by-hop fields left out (kept for a `101`).
+/// The end-to-end header fields of a response as the server wrote them: its head's bytes and
+/// where each field to forward lies in them. An HTTP/1 client gets them written as they are;
+/// hyper (HTTP/2 clients, connections hyper serves) gets them as a `HeaderMap`.
+#[derive(Debug)]
+pub struct RawFields {
+    head: Bytes,
+    at: [(u32, u32, u32, u32); FEW_HEADERS],
+    /// Bit `i` set: field `i` is forwarded.
+    keep: u16,
+    date: bool,
+    length: bool,
+}
+
+impl RawFields {
+    /// The forwarded fields' names and values.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.at
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.keep & (1 << i) != 0)
+            .map(|(_, &(n, nl, v, vl))| {
+                let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
+                (&self.head[n..n + nl], &self.head[v..v + vl])
+            })
+    }
+
+    /// Whether a `Date` field is among them.
+    pub fn has_date(&self) -> bool {
+        self.date
+    }
+
+    /// Whether a `Content-Length` field is among them.
+    pub fn has_length(&self) -> bool {
+        self.length
+    }
+
+    /// The fields, followed by those of `rest`, as one map.
+    pub fn into_map(&self, rest: HeaderMap) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.keep.count_ones() as usize + rest.len());
+        for (i, &(n, nl, v, vl)) in self.at.iter().enumerate() {
+            if self.keep & (1 << i) == 0 {
+                continue;
+            }
+            let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
+            // httparse checked both as HeaderName and HeaderValue do.
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(&self.head[n..n + nl]),
+                HeaderValue::from_maybe_shared(self.head.slice(v..v + vl)),
+            ) {
+                map.append(name, value);
+            }
+        }
+        let mut last = None;
+        for (name, value) in rest {
+            if let Some(name) = name {
+                last = Some(name);
+            }
+            if let Some(name) = &last {
+                map.append(name.clone(), value);
+            }
+        }
+        map
+    }
+}
+
+/// What a response header field is to the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    /// Another field that describes one hop (RFC 9110 §7.6.1).
+    HopByHop,
+    Date,
+    Other,
+}
+
+impl Kind {
+    fn of(name: &[u8]) -> Kind {
+        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        match name.len() {
+            14 if is(b"content-length") => Kind::ContentLength,
+            17 if is(b"transfer-encoding") => Kind::TransferEncoding,
+            10 if is(b"connection") => Kind::Connection,
+            4 if is(b"date") => Kind::Date,
+            2 if is(b"te") => Kind::HopByHop,
+            7 if is(b"trailer") || is(b"upgrade") => Kind::HopByHop,
+            10 if is(b"keep-alive") => Kind::HopByHop,
+            16 if is(b"proxy-connection") => Kind::HopByHop,
+            _ => Kind::Other,
+        }
+    }
+}
+
+/// Whether a field read by [`Fields::add`] goes on to the client.
+enum Field {
+    Forward(Kind),
+    Drop,
+}
+
+/// A response head's framing and connection management, taken from its fields as they are
+/// read; hop-by-hop fields are dropped (kept for a `101`).
 struct Fields {
     status: StatusCode,
     version: Version,
     upgrade: bool,
-    map: HeaderMap,
     length: Option<u64>,
     chunked: bool,
     close: bool,
@@ -404,12 +566,11 @@ struct Fields {
 }
 
 impl Fields {
-    fn new(status: StatusCode, version: Version, count: usize) -> Fields {
+    fn new(status: StatusCode, version: Version) -> Fields {
         Fields {
             status,
             version,
             upgrade: status == StatusCode::SWITCHING_PROTOCOLS,
-            map: HeaderMap::with_capacity(count),
             length: None,
             chunked: false,
             close: version == Version::HTTP_10,
@@ -417,67 +578,64 @@ impl Fields {
         }
     }
 
-    fn add(&mut self, name: &[u8], value: Bytes) -> Result<(), ExchangeError> {
-        let name =
-            HeaderName::from_bytes(name).map_err(|_| ExchangeError::Invalid("bad header name"))?;
-        let value = HeaderValue::from_maybe_shared(value)
-            .map_err(|_| ExchangeError::Invalid("bad header value"))?;
-        if name == header::CONTENT_LENGTH {
-            let n = value
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or(ExchangeError::Invalid("bad content-length"))?;
-            if self.length.is_some_and(|l| l != n) {
-                return Err(ExchangeError::Invalid("conflicting content-length"));
+    fn add(&mut self, name: &[u8], value: &[u8]) -> Result<Field, ExchangeError> {
+        let kind = Kind::of(name);
+        match kind {
+            Kind::ContentLength => {
+                let n = content_length(value.trim_ascii())
+                    .ok_or(ExchangeError::Invalid("bad content-length"))?;
+                if self.length.is_some_and(|l| l != n) {
+                    return Err(ExchangeError::Invalid("conflicting content-length"));
+                }
+                self.length = Some(n);
             }
-            self.length = Some(n);
-        } else if name == header::TRANSFER_ENCODING {
-            // Chunked must be the last coding; anything else is read to the close.
-            self.chunked = value
-                .to_str()
-                .ok()
-                .and_then(|v| v.rsplit(',').next())
-                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-            if !self.chunked {
-                self.close = true;
-            }
-            if !self.upgrade {
-                return Ok(());
-            }
-        } else if name == header::CONNECTION {
-            for token in value.to_str().unwrap_or("").split(',') {
-                let token = token.trim();
-                if token.eq_ignore_ascii_case("close") {
+            Kind::TransferEncoding => {
+                // Chunked must be the last coding; anything else is read to the close.
+                self.chunked = value
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                if !self.chunked {
                     self.close = true;
-                } else if token.eq_ignore_ascii_case("keep-alive") {
-                    if self.version == Version::HTTP_10 {
-                        self.close = false;
-                    }
-                } else if !token.is_empty()
-                    && let Ok(n) = HeaderName::from_bytes(token.as_bytes())
-                {
-                    self.named.get_or_insert_with(Vec::new).push(n);
                 }
             }
-            if !self.upgrade {
-                return Ok(());
+            Kind::Connection => {
+                for token in value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        self.close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        if self.version == Version::HTTP_10 {
+                            self.close = false;
+                        }
+                    } else if !token.is_empty()
+                        && let Ok(n) = HeaderName::from_bytes(token)
+                    {
+                        self.named.get_or_insert_with(Vec::new).push(n);
+                    }
+                }
             }
-        } else if !self.upgrade && crate::http_proxy::is_hop_by_hop(&name) {
-            return Ok(());
+            Kind::HopByHop | Kind::Date | Kind::Other => {}
         }
-        self.map.append(name, value);
-        Ok(())
+        let hop = matches!(
+            kind,
+            Kind::TransferEncoding | Kind::Connection | Kind::HopByHop
+        );
+        Ok(if hop && !self.upgrade {
+            Field::Drop
+        } else {
+            Field::Forward(kind)
+        })
     }
 
-    fn finish(mut self, method: &Method) -> Head {
-        if let Some(named) = self.named.take()
-            && !self.upgrade
-        {
-            for n in named {
-                self.map.remove(n);
-            }
-        }
+    /// Whether the `Connection` header named the field `name` (so it is not forwarded).
+    fn names(&self, name: &[u8]) -> bool {
+        self.named
+            .as_ref()
+            .is_some_and(|named| named.iter().any(|n| name.eq_ignore_ascii_case(n.as_ref())))
+    }
+
+    fn finish(mut self, method: &Method, headers: HeaderMap, raw: Option<Box<RawFields>>) -> Head {
         let no_body = self.upgrade
             || *method == Method::HEAD
             || self.status == StatusCode::NO_CONTENT
@@ -499,11 +657,20 @@ impl Fields {
         Head {
             status: self.status,
             version: self.version,
-            headers: self.map,
+            headers,
+            raw,
             framing,
             reusable: !self.close && !self.upgrade,
         }
     }
+}
+
+/// A `Content-Length` value: decimal digits only, and small enough to count.
+pub(crate) fn content_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
 }
 
 /// Writes the request line and headers; with `chunked`, the request body goes chunked, and
@@ -568,9 +735,22 @@ pub struct Upstream {
     conn: Option<Box<BackendConn>>,
     framing: Framing,
     reusable: bool,
+    /// The response's forwarded header fields, when they were left in the head's bytes
+    /// rather than put in the response's `HeaderMap`.
+    fields: Option<Box<RawFields>>,
 }
 
 impl Upstream {
+    /// The response's header fields left in the head's bytes, if they were.
+    pub fn raw_fields(&self) -> Option<&RawFields> {
+        self.fields.as_deref()
+    }
+
+    /// Takes them out.
+    pub fn take_raw_fields(&mut self) -> Option<Box<RawFields>> {
+        self.fields.take()
+    }
+
     /// Whether the whole body has been read.
     pub fn is_end_stream(&self) -> bool {
         matches!(

@@ -25,7 +25,8 @@ use tracing::{info, warn};
 use crate::config::{BackendConfig, Balance, CheckConfig, Limits, ServerConfig};
 use crate::metrics::{BackendMetrics, Registry, ServerMetrics};
 
-pub use h1::{BackendConn, ExchangeError, Upstream};
+pub(crate) use h1::content_length;
+pub use h1::{BackendConn, ExchangeError, RawFields, Upstream};
 pub use pool::{Pool, connect_http};
 
 /// The owner of background work (health checks, DNS, backend connection drivers): spawned tasks

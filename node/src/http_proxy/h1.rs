@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::{ProxyBody, Rejected, handle};
+use crate::backend::content_length;
 use crate::conn::{ConnCtx, watchdog};
 use crate::io::{Prefixed, ReqBody};
 
@@ -266,6 +267,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         w.extend_from_slice(b"\r\n");
         let mut has_date = false;
         let mut has_length = false;
+        if let Some(fields) = body.raw_fields() {
+            for (name, value) in fields.iter() {
+                w.extend_from_slice(name);
+                w.extend_from_slice(b": ");
+                w.extend_from_slice(value);
+                w.extend_from_slice(b"\r\n");
+            }
+            has_date = fields.has_date();
+            has_length = fields.has_length();
+        }
         for (name, value) in &parts.headers {
             if name == header::DATE {
                 has_date = true;
@@ -408,7 +419,7 @@ fn parse(buf: &mut BytesMut, fields: &mut Vec<Field>, max_head: usize) -> Parsed
             14 if name.eq_ignore_ascii_case(b"content-length") => {
                 // A second one (even equal), or one that is not plain digits, is hyper's
                 // to judge.
-                match (length, parse_length(h.value)) {
+                match (length, content_length(h.value)) {
                     (None, Some(n)) => length = Some(n),
                     _ => return Parsed::Other,
                 }
@@ -462,14 +473,6 @@ fn parse(buf: &mut BytesMut, fields: &mut Vec<Field>, max_head: usize) -> Parsed
     *req.version_mut() = version;
     *req.headers_mut() = headers;
     Parsed::Request(Head { req, keep_alive })
-}
-
-/// A `Content-Length` value: decimal digits only, and small enough to count.
-fn parse_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(v.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
 }
 
 fn push_decimal(w: &mut Vec<u8>, mut n: u64) {
