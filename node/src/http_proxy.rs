@@ -33,7 +33,7 @@ use crate::conn::{Activity, ConnCtx, watchdog};
 use crate::io::{Prefixed, ReqBody};
 use crate::metrics::Outcome;
 use crate::rules::track::{Meter, Tracks};
-use crate::rules::{self, Decision, RateLimitInfo};
+use crate::rules::{self, Decision, RateHeaders, RateLimitInfo};
 use crate::tcp_proxy;
 
 mod h1;
@@ -269,11 +269,9 @@ fn deny(
         && let Some(engine) = &ctx.frontend.rules
         && let Some(h) =
             engine.rate_headers(&info, &ctx.tracks.tracks, own, ctx.frontend.clock.tick())
+        && let Kind::Local { rate, .. } = &mut resp.body_mut().kind
     {
-        let headers = resp.headers_mut();
-        headers.insert(RATELIMIT_POLICY.clone(), h.policy);
-        headers.insert(RATELIMIT.clone(), h.limit);
-        headers.insert(header::RETRY_AFTER, h.retry_after);
+        *rate = Some(h);
     }
     resp
 }
@@ -505,7 +503,11 @@ fn switch_protocols(
     Response::from_parts(
         parts,
         ProxyBody {
-            kind: Kind::Local(None),
+            kind: Kind::Local {
+                data: None,
+                text: false,
+                rate: None,
+            },
             conn: None,
             meter: None,
         },
@@ -638,24 +640,38 @@ fn proxied_response(
 
 fn local(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody {
-        kind: Kind::Local(Some(Bytes::from_static(text.as_bytes()))),
+        kind: Kind::Local {
+            data: Some(Bytes::from_static(text.as_bytes())),
+            text: true,
+            rate: None,
+        },
         conn: None,
         meter: None,
     });
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     resp
 }
 
-/// Puts a proxied response's header fields, left in the backend's head bytes for the HTTP/1
-/// server to write as they are, into its `HeaderMap` for hyper.
+/// Puts the header fields a response carries outside its `HeaderMap` for the HTTP/1 server
+/// to write as they are (a proxied response's, left in the backend's head bytes; a local
+/// answer's) into the map, for hyper.
 fn fields_in_map(resp: Response<ProxyBody>) -> Response<ProxyBody> {
     let (mut parts, mut body) = resp.into_parts();
-    if let Kind::Upstream { body: up, .. } = &mut body.kind
-        && let Some(fields) = up.take_raw_fields()
-    {
-        parts.headers = fields.into_map(std::mem::take(&mut parts.headers));
+    match &mut body.kind {
+        Kind::Upstream { body: up, .. } => {
+            if let Some(fields) = up.take_raw_fields() {
+                parts.headers = fields.into_map(std::mem::take(&mut parts.headers));
+            }
+        }
+        Kind::Local { .. } => {
+            body.local_fields(|name, value| {
+                parts.headers.append(name.clone(), value.clone());
+            });
+            if let Kind::Local { text, rate, .. } = &mut body.kind {
+                *text = false;
+                *rate = None;
+            }
+        }
     }
     Response::from_parts(parts, body)
 }
@@ -679,15 +695,39 @@ enum Kind {
         body: Upstream,
         guard: Option<ActiveGuard>,
     },
-    Local(Option<Bytes>),
+    /// An answer of the proxy's own. Its fields stay out of the response's `HeaderMap`
+    /// until hyper needs them (see [`fields_in_map`]).
+    Local {
+        data: Option<Bytes>,
+        /// `Content-Type: text/plain`.
+        text: bool,
+        /// A `429` of a rate rule: its rate-limit fields.
+        rate: Option<RateHeaders>,
+    },
 }
+
+static TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain");
 
 impl ProxyBody {
     /// A proxied response's header fields still in the backend's head bytes, if they are.
     pub(crate) fn raw_fields(&self) -> Option<&RawFields> {
         match &self.kind {
             Kind::Upstream { body, .. } => body.raw_fields(),
-            Kind::Local(_) => None,
+            Kind::Local { .. } => None,
+        }
+    }
+
+    /// Calls `f` with each header field of a local answer that is not in its `HeaderMap`.
+    pub(crate) fn local_fields(&self, mut f: impl FnMut(&HeaderName, &HeaderValue)) {
+        if let Kind::Local { text, rate, .. } = &self.kind {
+            if *text {
+                f(&header::CONTENT_TYPE, &TEXT_PLAIN);
+            }
+            if let Some(h) = rate {
+                f(&RATELIMIT_POLICY, &h.policy);
+                f(&RATELIMIT, &h.limit);
+                f(&header::RETRY_AFTER, &h.retry_after);
+            }
         }
     }
 
@@ -717,7 +757,7 @@ impl Body for ProxyBody {
             Kind::Upstream { body, .. } => {
                 body.poll_data(cx).map(|d| d.map(|d| d.map(Frame::data)))
             }
-            Kind::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Kind::Local { data, .. } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
         match &polled {
             Poll::Ready(None) => this.finish(true),
@@ -740,15 +780,15 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Upstream { body, .. } => body.is_end_stream(),
-            Kind::Local(data) => data.is_none(),
+            Kind::Local { data, .. } => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Upstream { body, .. } => body.size_hint(),
-            Kind::Local(Some(d)) => SizeHint::with_exact(d.len() as u64),
-            Kind::Local(None) => SizeHint::with_exact(0),
+            Kind::Local { data: Some(d), .. } => SizeHint::with_exact(d.len() as u64),
+            Kind::Local { data: None, .. } => SizeHint::with_exact(0),
         }
     }
 }

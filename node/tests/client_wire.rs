@@ -307,3 +307,43 @@ async fn a_head_with_an_invalid_uri_gets_400_and_the_close() {
     n.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_local_answer_carries_its_fields_from_either_server() {
+    let b = TestBackend::start("a").await;
+    let n = TestNode::start(&format!(
+        "[[table]]\nname = \"per_ip\"\nkey = \"ip\"\nsize = 1024\nexpire = \"60s\"\n\
+         store = [\"http_req_rate(10s)\"]\n\n{}",
+        http_config(
+            &[&b],
+            "",
+            "[frontend.rules]\nrequest = [\"track-sc0 src table per_ip\", \
+             \"deny status 429 if sc0_http_req_rate > 0\"]",
+        )
+    ))
+    .await;
+    let mut s = TcpStream::connect(n.addr("web")).await.unwrap();
+    let mut buf = Vec::new();
+    // The first by the HTTP/1 server, the second (an Upgrade field) and third by hyper.
+    for extra in ["", "Upgrade: x\r\n", ""] {
+        s.write_all(format!("GET / HTTP/1.1\r\nHost: t\r\n{extra}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let r = read_response(&mut s, &mut buf, false).await;
+        assert_eq!(r.status, 429, "{r:?}");
+        assert_eq!(r.body, b"too many requests\n");
+        assert_eq!(r.header("content-type"), Some("text/plain"), "{r:?}");
+        assert_eq!(
+            r.header("ratelimit-policy"),
+            Some("\"http_req_rate\";q=0;w=10"),
+            "{r:?}"
+        );
+        assert!(
+            r.header("ratelimit").is_some() && r.header("retry-after").is_some(),
+            "{r:?}"
+        );
+        assert!(r.header("date").is_some(), "{r:?}");
+    }
+    n.stop().await;
+    b.stop().await;
+}

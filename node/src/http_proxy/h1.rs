@@ -277,6 +277,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             has_date = fields.has_date();
             has_length = fields.has_length();
         }
+        body.local_fields(|name, value| {
+            w.extend_from_slice(name.as_str().as_bytes());
+            w.extend_from_slice(b": ");
+            w.extend_from_slice(value.as_bytes());
+            w.extend_from_slice(b"\r\n");
+        });
         for (name, value) in &parts.headers {
             if name == header::DATE {
                 has_date = true;
