@@ -69,13 +69,7 @@ where
     }
     let limits = ctx.frontend.config.limits.clone();
     let svc_ctx = ctx.clone();
-    let svc = service_fn(move |req: Request<Incoming>| {
-        let ctx = svc_ctx.clone();
-        async move {
-            let resp = handle(ctx, req.map(ReqBody::streamed)).await?;
-            Ok::<_, Rejected>(fields_in_map(resp))
-        }
-    });
+    let svc = service_fn(move |req| handle_for_hyper(svc_ctx.clone(), req));
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -92,13 +86,7 @@ where
 {
     let limits = ctx.frontend.config.limits.clone();
     let svc_ctx = ctx.clone();
-    let svc = service_fn(move |req: Request<Incoming>| {
-        let ctx = svc_ctx.clone();
-        async move {
-            let resp = handle(ctx, req.map(ReqBody::streamed)).await?;
-            Ok::<_, Rejected>(fields_in_map(resp))
-        }
-    });
+    let svc = service_fn(move |req| handle_for_hyper(svc_ctx.clone(), req));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         // Our watchdog enforces the header and keep-alive timeouts with one timer per
@@ -111,6 +99,15 @@ where
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     drive(pin!(conn), &ctx, &token).await;
+}
+
+/// One request through the path for hyper, which needs every response field in the map.
+async fn handle_for_hyper(
+    ctx: Arc<ConnCtx>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Rejected> {
+    let resp = handle(ctx, req.map(ReqBody::streamed)).await?;
+    Ok(fields_in_map(resp))
 }
 
 /// The two hyper connection types, for [`drive`].
@@ -656,23 +653,13 @@ fn local(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
 /// to write as they are (a proxied response's, left in the backend's head bytes; a local
 /// answer's) into the map, for hyper.
 fn fields_in_map(resp: Response<ProxyBody>) -> Response<ProxyBody> {
-    let (mut parts, mut body) = resp.into_parts();
-    match &mut body.kind {
-        Kind::Upstream { body: up, .. } => {
-            if let Some(fields) = up.take_raw_fields() {
-                parts.headers = fields.into_map(std::mem::take(&mut parts.headers));
-            }
-        }
-        Kind::Local { .. } => {
-            body.local_fields(|name, value| {
-                parts.headers.append(name.clone(), value.clone());
-            });
-            if let Kind::Local { text, rate, .. } = &mut body.kind {
-                *text = false;
-                *rate = None;
-            }
-        }
+    let (mut parts, body) = resp.into_parts();
+    if let Some(fields) = body.raw_fields() {
+        parts.headers = fields.into_map(std::mem::take(&mut parts.headers));
     }
+    body.local_fields(|name, value| {
+        parts.headers.append(name.clone(), value.clone());
+    });
     Response::from_parts(parts, body)
 }
 

@@ -81,9 +81,7 @@ async fn graceful_shutdown_finishes_an_in_flight_request() {
     .await;
 
     let mut phase = n.node.phase();
-    n.token.cancel();
-    let node = n.node.clone();
-    let stopped = tokio::spawn(async move { node.stopped().await });
+    let stopped = begin_drain(&n);
     tokio::time::timeout(5 * SECOND, phase.wait_for(|p| *p == Phase::Draining))
         .await
         .unwrap()
@@ -97,13 +95,7 @@ async fn graceful_shutdown_finishes_an_in_flight_request() {
 
     a.release();
     assert_eq!(slow.await.unwrap(), (200, Bytes::from("a slow")));
-    assert!(
-        tokio::time::timeout(5 * SECOND, stopped)
-            .await
-            .unwrap()
-            .unwrap(),
-        "drained in time"
-    );
+    drained_in_time(stopped).await;
     assert_eq!(*phase.borrow(), Phase::Stopped);
     a.stop().await;
 }
@@ -133,20 +125,28 @@ async fn draining_closes_idle_keep_alive_connections_at_once() {
         got.extend_from_slice(&buf[..read]);
     }
 
-    n.token.cancel();
-    let node = n.node.clone();
-    let stopped = tokio::spawn(async move { node.stopped().await });
+    let stopped = begin_drain(&n);
     // Well before the keep-alive timeout.
     let (rest, closed) = util::read_to_close(&mut idle, 5 * SECOND).await;
     assert!(closed && rest.is_empty(), "closed without a word: {rest:?}");
-    assert!(
-        tokio::time::timeout(5 * SECOND, stopped)
-            .await
-            .unwrap()
-            .unwrap(),
-        "drained in time"
-    );
+    drained_in_time(stopped).await;
     a.stop().await;
+}
+
+/// Cancels the node's token; the task returned ends when the node has stopped.
+fn begin_drain(n: &TestNode) -> tokio::task::JoinHandle<bool> {
+    n.token.cancel();
+    let node = n.node.clone();
+    tokio::spawn(async move { node.stopped().await })
+}
+
+/// Fails unless the drain `begin_drain` started ends, cleanly, within 5 s.
+async fn drained_in_time(stopped: tokio::task::JoinHandle<bool>) {
+    let clean = tokio::time::timeout(5 * SECOND, stopped)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(clean, "drained in time");
 }
 
 /// Whether the node's `/metrics` say `web` has `n` client connections open.
@@ -173,9 +173,7 @@ async fn draining_answers_connections_whose_request_had_not_arrived() {
     .await;
 
     let mut phase = n.node.phase();
-    n.token.cancel();
-    let node = n.node.clone();
-    let stopped = tokio::spawn(async move { node.stopped().await });
+    let stopped = begin_drain(&n);
     tokio::time::timeout(5 * SECOND, phase.wait_for(|p| *p != Phase::Serving))
         .await
         .unwrap()
@@ -200,13 +198,7 @@ async fn draining_answers_connections_whose_request_had_not_arrived() {
         );
         assert!(closed, "{which}: closed after its answer");
     }
-    assert!(
-        tokio::time::timeout(5 * SECOND, stopped)
-            .await
-            .unwrap()
-            .unwrap(),
-        "drained in time"
-    );
+    drained_in_time(stopped).await;
     a.stop().await;
 }
 

@@ -386,10 +386,12 @@ fn parse_head(
                 Field::Drop => {}
             }
         }
-        for (i, &(n, nl, _, _)) in spans.at[..spans.count].iter().enumerate() {
-            let name = &head[n as usize..(n + nl) as usize];
-            if fields.names(name) {
-                keep &= !(1 << i);
+        if let Some(named) = &fields.named {
+            for (i, &(n, nl, _, _)) in spans.at[..spans.count].iter().enumerate() {
+                let name = &head[n as usize..(n + nl) as usize];
+                if named.iter().any(|n| name.eq_ignore_ascii_case(n.as_ref())) {
+                    keep &= !(1 << i);
+                }
             }
         }
         // With both, chunked wins: the length is not the body's.
@@ -491,15 +493,11 @@ impl RawFields {
     /// The fields, followed by those of `rest`, as one map.
     pub fn into_map(&self, rest: HeaderMap) -> HeaderMap {
         let mut map = HeaderMap::with_capacity(self.keep.count_ones() as usize + rest.len());
-        for (i, &(n, nl, v, vl)) in self.at.iter().enumerate() {
-            if self.keep & (1 << i) == 0 {
-                continue;
-            }
-            let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
+        for (name, value) in self.iter() {
             // httparse checked both as HeaderName and HeaderValue do.
             if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(&self.head[n..n + nl]),
-                HeaderValue::from_maybe_shared(self.head.slice(v..v + vl)),
+                HeaderName::from_bytes(name),
+                HeaderValue::from_maybe_shared(self.head.slice_ref(value)),
             ) {
                 map.append(name, value);
             }
@@ -628,13 +626,6 @@ impl Fields {
         })
     }
 
-    /// Whether the `Connection` header named the field `name` (so it is not forwarded).
-    fn names(&self, name: &[u8]) -> bool {
-        self.named
-            .as_ref()
-            .is_some_and(|named| named.iter().any(|n| name.eq_ignore_ascii_case(n.as_ref())))
-    }
-
     fn finish(mut self, method: &Method, headers: HeaderMap, raw: Option<Box<RawFields>>) -> Head {
         let no_body = self.upgrade
             || *method == Method::HEAD
@@ -744,11 +735,6 @@ impl Upstream {
     /// The response's header fields left in the head's bytes, if they were.
     pub fn raw_fields(&self) -> Option<&RawFields> {
         self.fields.as_deref()
-    }
-
-    /// Takes them out.
-    pub fn take_raw_fields(&mut self) -> Option<Box<RawFields>> {
-        self.fields.take()
     }
 
     /// Whether the whole body has been read.

@@ -269,20 +269,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         let mut has_length = false;
         if let Some(fields) = body.raw_fields() {
             for (name, value) in fields.iter() {
-                w.extend_from_slice(name);
-                w.extend_from_slice(b": ");
-                w.extend_from_slice(value);
-                w.extend_from_slice(b"\r\n");
+                push_field(w, name, value);
             }
             has_date = fields.has_date();
             has_length = fields.has_length();
         }
-        body.local_fields(|name, value| {
-            w.extend_from_slice(name.as_str().as_bytes());
-            w.extend_from_slice(b": ");
-            w.extend_from_slice(value.as_bytes());
-            w.extend_from_slice(b"\r\n");
-        });
+        body.local_fields(|name, value| push_field(w, name.as_ref(), value.as_bytes()));
         for (name, value) in &parts.headers {
             if name == header::DATE {
                 has_date = true;
@@ -292,10 +284,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 // The framing of this hop is ours to write.
                 continue;
             }
-            w.extend_from_slice(name.as_str().as_bytes());
-            w.extend_from_slice(b": ");
-            w.extend_from_slice(value.as_bytes());
-            w.extend_from_slice(b"\r\n");
+            push_field(w, name.as_ref(), value.as_bytes());
         }
         let mut chunked = false;
         if !bodyless && !has_length {
@@ -479,6 +468,13 @@ fn parse(buf: &mut BytesMut, fields: &mut Vec<Field>, max_head: usize) -> Parsed
     *req.version_mut() = version;
     *req.headers_mut() = headers;
     Parsed::Request(Head { req, keep_alive })
+}
+
+fn push_field(w: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    w.extend_from_slice(name);
+    w.extend_from_slice(b": ");
+    w.extend_from_slice(value);
+    w.extend_from_slice(b"\r\n");
 }
 
 fn push_decimal(w: &mut Vec<u8>, mut n: u64) {
