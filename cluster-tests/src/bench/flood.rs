@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::http::{order, start};
+use super::http::{HAPROXY_FORWARDED, order, start};
 use super::procs::{self, LOAD_CPU, Proc};
 use super::report::note;
 use super::{Env, Figure, Goal, Opts, Report};
@@ -26,11 +26,12 @@ const GOOD_RATE: u32 = 50;
 fn haproxy_cfg(port: u16, backend: u16) -> String {
     format!(
         "global\n    nbthread 1\n    maxconn 8000\n\
-         defaults\n    mode http\n    timeout connect 5s\n    timeout client 10s\n    timeout server 10s\n\
+         defaults\n    mode http\n    timeout connect 5s\n    timeout client 10s\n    timeout server 10s\n    option forwardfor\n\
          frontend fe\n    bind 127.0.0.1:{port}\n\
          \x20   stick-table type ip size 1m expire 60s store conn_rate(1s)\n\
          \x20   tcp-request connection track-sc0 src\n\
          \x20   tcp-request connection reject if {{ src_conn_rate gt 100 }}\n\
+         {HAPROXY_FORWARDED}\
          \x20   default_backend be\n\
          backend be\n    server s1 127.0.0.1:{backend}\n"
     )

@@ -139,6 +139,49 @@ pub(crate) fn cpu_secs(pid: u32) -> f64 {
     (field(11) + field(12)) / CLK_TCK
 }
 
+/// One CPU's time counters from `/proc/stat`, in clock ticks.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CpuTimes {
+    busy: u64,
+    idle: u64,
+}
+
+impl CpuTimes {
+    /// The counters of CPU `cpu` now (zero if `/proc/stat` cannot be read).
+    pub(crate) fn of(cpu: usize) -> CpuTimes {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let name = format!("cpu{cpu}");
+        let Some(line) = stat
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        else {
+            return CpuTimes::default();
+        };
+        let t: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        let at = |i: usize| t.get(i).copied().unwrap_or(0);
+        // user nice system idle iowait irq softirq steal: idle and iowait are idle time.
+        CpuTimes {
+            busy: at(0) + at(1) + at(2) + at(5) + at(6) + at(7),
+            idle: at(3) + at(4),
+        }
+    }
+
+    /// The share of the time since `before` this CPU was busy, percent.
+    pub(crate) fn busy_since(&self, before: &CpuTimes) -> f64 {
+        let busy = self.busy.saturating_sub(before.busy) as f64;
+        let idle = self.idle.saturating_sub(before.idle) as f64;
+        if busy + idle == 0.0 {
+            0.0
+        } else {
+            100.0 * busy / (busy + idle)
+        }
+    }
+}
+
 /// Pins this process (every thread, present and future) to `cpu`.
 pub(crate) fn pin_self(cpu: usize) -> anyhow::Result<()> {
     let ok = Command::new("taskset")
