@@ -1,4 +1,4 @@
-//! The benchmark harness behind `cargo run -p cluster-tests --release --bin bench`.
+//! The benchmark harness behind `cargo run --release --bin bench`.
 //!
 //! # What it compares
 //!
@@ -48,7 +48,7 @@ const PHASES: [&str; 4] = ["http", "flood", "table", "fleet"];
 const HELP: &str = "\
 bench: sluice against HAProxy on this machine, figure by figure
 
-usage: cargo run -p cluster-tests --release --bin bench -- [OPTIONS] [PHASE...]
+usage: cargo run --release --bin bench -- [OPTIONS] [PHASE...]
 
 phases (default: all, in this order):
   http    keep-alive HTTP req/s, p50, p99: plain, tracking, limit firing (wrk)

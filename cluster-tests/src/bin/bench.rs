@@ -2,10 +2,10 @@
 //! `docs/benchmarks.md` on this machine and prints each figure beside HAProxy's, with the ratio.
 //!
 //! ```sh
-//! cargo run -p cluster-tests --release --bin bench                  # everything, 3 alternating runs
-//! cargo run -p cluster-tests --release --bin bench -- http flood    # a subset
-//! cargo run -p cluster-tests --release --bin bench -- --runs 5 http # more alternating runs
-//! cargo run -p cluster-tests --release --bin bench -- --help
+//! cargo run --release --bin bench                  # everything, 5 alternating runs
+//! cargo run --release --bin bench -- http flood    # a subset
+//! cargo run --release --bin bench -- --runs 5 http # more alternating runs
+//! cargo run --release --bin bench -- --help
 //! ```
 //!
 //! The harness lives in `cluster-tests/src/bench/`; `--help` lists the phases and options.
