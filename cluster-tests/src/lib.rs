@@ -66,7 +66,8 @@ pub fn bins() -> &'static Bins {
 /// The build runs at the workspace root without `-p`, so cargo unifies features over the whole
 /// workspace, as `cargo run --release --bin bench` at the root does: the two binaries reuse every
 /// library that command compiled. Selecting their packages with `-p` unified features over those
-/// two alone and compiled most dependencies a second time (6 of a fresh clone's 10 minutes).
+/// two alone and compiled most dependencies a second time (6 of the 16 minutes a fresh clone's
+/// harness run took).
 pub fn build_release(target_dir: &Path) -> std::io::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
