@@ -22,6 +22,7 @@ pub mod certs;
 pub mod clock;
 mod entry;
 pub mod error;
+mod index;
 pub mod key;
 mod layout;
 pub mod membership;

@@ -1,4 +1,4 @@
-//! One shard of a table: a slab of entries with an open-addressing index, a bounded capacity
+//! One shard of a table: a slab of entries with its [`Index`], a bounded capacity
 //! with sampled least-recently-touched eviction, and the per-consumer logs of the change feed.
 //!
 //! A shard is only ever used under its table's per-shard mutex; nothing here blocks or
@@ -7,9 +7,8 @@
 
 use std::hash::BuildHasher;
 
-use hashbrown::HashTable;
-
 use crate::entry::{Ctx, Entry};
+use crate::index::Index;
 use crate::key::Key;
 
 /// Consumers of the change feed per table (one per peer session).
@@ -27,7 +26,7 @@ pub(crate) struct Evicted {
 
 #[derive(Debug)]
 pub(crate) struct Shard {
-    index: HashTable<u32>,
+    index: Index,
     slots: Vec<Option<Entry>>,
     /// Per slot, one bit per change-feed consumer that has not taken the slot's local change.
     /// Kept per slot rather than per entry so that a slot freed and reused while dirty is never
@@ -45,7 +44,7 @@ pub(crate) struct Shard {
 impl Shard {
     pub(crate) fn new(cap: usize, seed: u64) -> Shard {
         Shard {
-            index: HashTable::with_capacity(cap),
+            index: Index::with_capacity(cap),
             slots: Vec::with_capacity(cap),
             dirty: Vec::with_capacity(cap),
             free: Vec::new(),
@@ -54,6 +53,11 @@ impl Shard {
             logs: (0..MAX_CONSUMERS).map(|_| Vec::new()).collect(),
             rng: seed | 1,
         }
+    }
+
+    /// A clone of the index, for [`Index::touch`] outside the shard lock.
+    pub(crate) fn index(&self) -> Index {
+        self.index.clone()
     }
 
     pub(crate) fn slot_count(&self) -> usize {
@@ -69,12 +73,12 @@ impl Shard {
     }
 
     pub(crate) fn find(&self, hash: u64, key: &Key) -> Option<u32> {
-        let slots = &self.slots;
-        self.index
-            .find(hash, |&s| {
-                slots[s as usize].as_ref().is_some_and(|e| e.key == *key)
-            })
-            .copied()
+        self.index.find(hash, |s| {
+            self.slots
+                .get(s as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|e| e.key == *key)
+        })
     }
 
     /// Finds the slot of `key`, trusting `hint` when it still holds the key.
@@ -95,7 +99,7 @@ impl Shard {
     }
 
     /// Inserts a new entry for `key` (absent). The caller makes room first when needed.
-    pub(crate) fn insert<S: BuildHasher>(&mut self, hasher: &S, hash: u64, key: Key) -> u32 {
+    pub(crate) fn insert(&mut self, hash: u64, key: Key) -> u32 {
         let entry = Entry::new(key);
         let slot = match self.free.pop() {
             Some(s) => {
@@ -110,12 +114,7 @@ impl Shard {
                 s
             }
         };
-        let slots = &self.slots;
-        self.index
-            .insert_unique(hash, slot, |&s| match &slots[s as usize] {
-                Some(e) => hasher.hash_one(&e.key),
-                None => 0,
-            });
+        self.index.insert(hash, slot);
         self.len += 1;
         slot
     }
@@ -124,9 +123,7 @@ impl Shard {
     pub(crate) fn remove<S: BuildHasher>(&mut self, hasher: &S, slot: u32) -> Option<Entry> {
         let entry = self.slots.get_mut(slot as usize)?.take()?;
         let hash = hasher.hash_one(&entry.key);
-        if let Ok(found) = self.index.find_entry(hash, |&s| s == slot) {
-            found.remove();
-        }
+        self.index.remove(hash, slot);
         self.free.push(slot);
         self.len -= 1;
         Some(entry)

@@ -16,6 +16,7 @@ use std::hash::BuildHasher;
 
 use crate::clock::{Hlc, Stamp, Tick};
 use crate::entry::{Ctx, Entry, Event};
+use crate::index::Index;
 use crate::key::Key;
 use crate::layout::{self, Cell, Layout};
 use crate::origin::{OriginId, Origins};
@@ -42,10 +43,10 @@ const MAX_SHARDS: usize = 64;
 const UNDERSIZED_LOG_INTERVAL_MS: u32 = 10_000;
 
 /// A shard on its own cache lines, so two cores updating neighbouring shards do not bounce one
-/// line between them.
+/// line between them, and a clone of its index to touch without the lock ([`Table::apply_all`]).
 #[repr(align(128))]
 #[derive(Debug)]
-struct Padded(Mutex<Shard>);
+struct Padded(Mutex<Shard>, Index);
 
 /// A handle on a tracked entry: the key and where its entry was last seen.
 #[derive(Clone, Debug)]
@@ -213,7 +214,9 @@ impl Table {
                 // more than its share; the table-wide bound is enforced by `entries`.
                 let share = schema.size / n + usize::from(i < schema.size % n);
                 let cap = (share + share / 16 + 8).min(schema.size);
-                Padded(Mutex::new(Shard::new(cap, hasher.hash_one(i) | 1)))
+                let shard = Shard::new(cap, hasher.hash_one(i) | 1);
+                let index = shard.index();
+                Padded(Mutex::new(shard), index)
             })
             .collect();
         Table {
@@ -283,10 +286,14 @@ impl Table {
         self.hasher.hash_one(key)
     }
 
+    fn padded(&self, hash: u64) -> &Padded {
+        // Bits 40.. pick the shard: the index uses the low 32 for the bucket and its tag, so
+        // every shard keeps their full spread.
+        &self.shards[(hash >> 40) as usize & self.shard_mask]
+    }
+
     fn shard_of(&self, hash: u64) -> &Mutex<Shard> {
-        // Bits 40.. pick the shard: hashbrown uses the low bits for the bucket and the top 7
-        // for its control bytes, so every shard keeps the full spread of both.
-        &self.shards[(hash >> 40) as usize & self.shard_mask].0
+        &self.padded(hash).0
     }
 
     /// Finds or creates the entry of `key` for a local write, runs `f` on it, and marks the
@@ -362,7 +369,7 @@ impl Table {
                 None => {}
             }
         }
-        shard.insert(&self.hasher, hash, key)
+        shard.insert(hash, key)
     }
 
     /// Evicts from a shard other than the one of `hash`, which is locked by the caller and
@@ -543,6 +550,38 @@ impl Table {
     /// ([`crate::wire::check`]). Idempotent and order-insensitive: a version not newer than the
     /// one held is ignored.
     pub fn apply(&self, origin: OriginId, checked: &Checked<'_>, now: Tick) -> Applied {
+        self.apply_hashed(origin, checked, self.hash(checked.key()), now)
+    }
+
+    /// Applies a run of contributions from one origin, as [`Table::apply`] does each.
+    ///
+    /// Applying a peer's snapshot to a restarted node is mostly inserting new keys, and each
+    /// insert's probe is a cache miss in an index far larger than the cache. Reading the index
+    /// buckets of the next few keys back to back, before probing for the first, lets those
+    /// misses overlap: the batch waits for memory about once per group instead of per key.
+    pub fn apply_all(&self, origin: OriginId, run: &[Checked<'_>], now: Tick) {
+        const GROUP: usize = 8;
+        let mut hashes = [0u64; GROUP];
+        for group in run.chunks(GROUP) {
+            for (h, c) in hashes.iter_mut().zip(group) {
+                *h = self.hash(c.key());
+            }
+            for h in &hashes[..group.len()] {
+                self.padded(*h).1.touch(*h);
+            }
+            for (h, c) in hashes.iter().zip(group) {
+                self.apply_hashed(origin, c, *h, now);
+            }
+        }
+    }
+
+    fn apply_hashed(
+        &self,
+        origin: OriginId,
+        checked: &Checked<'_>,
+        hash: u64,
+        now: Tick,
+    ) -> Applied {
         let c = checked.contribution();
         if c.idle_ms >= self.schema.expire_ms {
             return Applied::Expired;
@@ -554,7 +593,6 @@ impl Table {
         }
         let cx = self.cx(now);
         let key = checked.key();
-        let hash = self.hash(key);
         let mut shard = self.shard_of(hash).lock();
         let slot = match shard.find(hash, key) {
             Some(s) => s,

@@ -201,11 +201,11 @@ impl Tables {
                 checked.push(c);
             }
         }
-        let mut checked = checked.iter();
+        let mut rest = checked.as_slice();
         for (tc, table, id) in &groups {
-            for c in checked.by_ref().take(tc.len()) {
-                table.apply(*id, c, now);
-            }
+            let (run, after) = rest.split_at(tc.len().min(rest.len()));
+            table.apply_all(*id, run, now);
+            rest = after;
         }
         Ok(total)
     }

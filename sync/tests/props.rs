@@ -161,6 +161,29 @@ proptest! {
         prop_assert_eq!(origin_state(&one, 0), origin_state(&two, 0));
     }
 
+    /// A run of one origin's contributions applied at once, as a message's are (with the index
+    /// probes of several keys issued ahead), ends as they do applied one by one.
+    #[test]
+    fn a_run_applies_as_its_contributions_one_by_one(cs in contributions()) {
+        let twice: Vec<_> = cs.iter().chain(cs.iter()).collect();
+        let one = fresh();
+        for (o, c) in &twice {
+            one.deliver(o, c, 0);
+        }
+        let two = fresh();
+        for name in NAMES {
+            let run: Vec<_> = twice
+                .iter()
+                .filter(|(o, _)| o.node == *name)
+                .map(|(_, c)| c.clone())
+                .collect();
+            let from = OriginName { node: (*name).into(), incarnation: 1 };
+            two.deliver_run(&from, &run, 0);
+        }
+        prop_assert_eq!(state(&one, 0), state(&two, 0));
+        prop_assert_eq!(origin_state(&one, 0), origin_state(&two, 0));
+    }
+
     #[test]
     fn merge_is_associative(cs in contributions(), cut1 in 0usize..40, cut2 in 0usize..40) {
         let (c1, c2) = (cut1.min(cs.len()), cut2.min(cs.len()));

@@ -102,6 +102,16 @@ impl Node {
         self.table.apply(id, &c, self.tick(t))
     }
 
+    /// Decodes and applies a run of one peer's contributions at once, as a message's are.
+    pub fn deliver_run(&self, from: &OriginName, cs: &[pb::Contribution], t: u32) {
+        let checked: Vec<_> = cs
+            .iter()
+            .map(|c| wire::check(c.into(), self.table.schema()).expect("well-formed contribution"))
+            .collect();
+        let id = self.origins.intern(from).expect("origin room");
+        self.table.apply_all(id, &checked, self.tick(t));
+    }
+
     /// Sends everything this node holds to `other`.
     pub fn sync_to(&self, other: &Node, t: u32) {
         for (o, c) in self.snapshot(t) {
