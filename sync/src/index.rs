@@ -21,10 +21,11 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// a clone to [`Index::touch`] with.
 #[derive(Debug, Clone)]
 pub(crate) struct Index {
-    buckets: Arc<[AtomicU64]>,
+    buckets: Arc<Box<[AtomicU64]>>,
     mask: usize,
 }
 
+/// Zero, so that a zeroed allocation is an empty index.
 const EMPTY: u64 = 0;
 
 fn tag(hash: u64) -> u64 {
@@ -36,8 +37,10 @@ impl Index {
     /// so pages are backed only once a bucket in them is used.
     pub(crate) fn with_capacity(cap: usize) -> Index {
         let n = (cap + cap / 7 + 1).next_power_of_two().max(8);
+        // Allocated zeroed (EMPTY) rather than written: a table sized for millions of entries
+        // costs memory only as it fills.
         Index {
-            buckets: (0..n).map(|_| AtomicU64::new(EMPTY)).collect(),
+            buckets: Arc::new(bytemuck::zeroed_slice_box(n)),
             mask: n - 1,
         }
     }
