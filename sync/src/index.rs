@@ -33,12 +33,12 @@ fn tag(hash: u64) -> u64 {
 }
 
 impl Index {
-    /// An index for up to `cap` (< 2^31) keys. Its memory is zeroed lazily by the allocator,
-    /// so pages are backed only once a bucket in them is used.
+    /// An index for up to `cap` (< 2^31) keys, with more buckets than that, so a probe always
+    /// ends at an empty one. Allocated zeroed (all `EMPTY`) rather than written, so that pages
+    /// are backed only once a bucket in them is used: a table sized for millions of entries
+    /// costs memory only as it fills.
     pub(crate) fn with_capacity(cap: usize) -> Index {
         let n = (cap + cap / 7 + 1).next_power_of_two().max(8);
-        // Allocated zeroed (EMPTY) rather than written: a table sized for millions of entries
-        // costs memory only as it fills.
         Index {
             buckets: Arc::new(bytemuck::zeroed_slice_box(n)),
             mask: n - 1,
@@ -76,7 +76,8 @@ impl Index {
     }
 
     /// Records `slot` for a key with `hash` that the index does not hold. The caller holds the
-    /// shard lock and never holds more keys than the capacity, so an empty bucket exists.
+    /// shard lock, and a shard never holds more keys than its capacity (it evicts first), so
+    /// an empty bucket exists.
     pub(crate) fn insert(&mut self, hash: u64, slot: u32) {
         let mut i = hash as usize & self.mask;
         while self.load(i) != EMPTY {

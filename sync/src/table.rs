@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use hashbrown::DefaultHashBuilder;
+use foldhash::fast::RandomState;
 use parking_lot::Mutex;
 use std::hash::BuildHasher;
 
@@ -170,7 +170,8 @@ pub struct Table {
     layout: Layout,
     shards: Box<[Padded]>,
     shard_mask: usize,
-    hasher: DefaultHashBuilder,
+    /// foldhash, seeded per table: fast on short keys, and keys come from clients.
+    hasher: RandomState,
     origins: Arc<Origins>,
     hlc: Arc<Hlc>,
     /// Consumers whose bit a local change sets; read under each shard lock.
@@ -207,7 +208,7 @@ impl Table {
     /// An empty table. `origins` and `hlc` are the node's, shared by all its tables.
     pub fn new(schema: TableSchema, origins: Arc<Origins>, hlc: Arc<Hlc>) -> Table {
         let n = shard_count(schema.size);
-        let hasher = DefaultHashBuilder::default();
+        let hasher = RandomState::default();
         let shards = (0..n)
             .map(|i| {
                 // Hashing spreads keys unevenly over shards, so each shard may hold a little
