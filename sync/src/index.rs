@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// a clone to [`Index::touch`] with.
 #[derive(Debug, Clone)]
 pub(crate) struct Index {
+    /// A box in an arc, not an `Arc<[_]>`: only a box can be allocated zeroed without unsafe
+    /// code, and building an `Arc<[_]>` writes every bucket (see [`Index::with_capacity`]).
     buckets: Arc<Box<[AtomicU64]>>,
     mask: usize,
 }
