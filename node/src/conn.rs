@@ -215,12 +215,10 @@ pub(crate) struct Admitted {
 
 /// Runs the connection rules of `fe` for a connection from `peer` in the accept loop, when
 /// they can run there (no `accept_proxy`). `Ok(None)`: they run in the connection's task.
-/// `Err(())`: refused — counted, and closed with a reset, unread.
-pub(crate) fn admit(
-    stream: &std::net::TcpStream,
-    peer: SocketAddr,
-    fe: &Frontend,
-) -> Result<Option<Admitted>, ()> {
+/// `Err(())`: refused and counted; the caller closes it unread, with the reset its listener's
+/// zero linger gives it (`listener::bind_frontend`), as HAProxy's `reject` does: no FIN
+/// exchange and no TIME_WAIT for a connection that was never served.
+pub(crate) fn admit(peer: SocketAddr, fe: &Frontend) -> Result<Option<Admitted>, ()> {
     let Some(engine) = &fe.rules else {
         return Ok(None);
     };
@@ -231,9 +229,7 @@ pub(crate) fn admit(
     let (go, outcome) = engine.on_connection(peer.ip().to_canonical(), &mut tracks);
     if !go {
         fe.metrics.conn_opened(outcome);
-        // A reset, as HAProxy's `reject`: no FIN exchange and no TIME_WAIT for a connection
-        // that was never served. Dropping `tracks` ends the connection in the entries.
-        let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+        // Dropping `tracks` ends the connection in the entries.
         return Err(());
     }
     Ok(Some(Admitted { tracks, outcome }))
@@ -254,6 +250,8 @@ pub(crate) async fn handle(
     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     let span = debug_span!("conn", frontend = %fe.config.name, client.addr = %peer);
     async move {
+        // Linux copies TCP_NODELAY from the listener (`listener::bind_frontend`).
+        #[cfg(not(target_os = "linux"))]
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(fe.config.bind);
         fe.metrics.connections_active.fetch_add(1, Relaxed);

@@ -136,14 +136,30 @@ pub(crate) struct Listener {
     pub stop: CancellationToken,
 }
 
-/// Binds a frontend's address (synchronously, so a reload can fail before it commits).
+/// Binds a listening address (synchronously, so a reload can fail before it commits).
 pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    listen(addr, false)
+}
+
+/// Binds a frontend's address. Its listening socket carries the options its accepted
+/// connections need, which Linux copies to each of them: no Nagle delay, and a zero linger
+/// time, so a connection the connection rules refuse is closed with a reset without one more
+/// system call of its own (HAProxy's `reject` makes that call per connection). The accept loop
+/// takes the zero linger off every connection it admits.
+pub(crate) fn bind_frontend(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    listen(addr, true)
+}
+
+fn listen(addr: SocketAddr, frontend: bool) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
     socket.set_reuseaddr(true)?;
     socket.set_nodelay(true)?;
+    if frontend {
+        socket.set_zero_linger()?;
+    }
     socket.bind(addr)?;
     socket.listen(4096)
 }
@@ -161,8 +177,8 @@ pub(crate) fn spawn_accept(
     tracker.spawn(async move {
         // Accepted through the standard library on the reactor's readiness: a connection is
         // registered with the reactor only once the connection rules admit it, so one they
-        // refuse (a flood) costs accept, setsockopt and close, as in HAProxy, and not two
-        // more epoll_ctl calls.
+        // refuse (a flood) costs accept and close (its reset comes with the listener's zero
+        // linger, see `bind_frontend`), and not two more epoll_ctl calls.
         // `AsyncFd::new` is deprecated because an `AsRawFd` type may hand out a descriptor it
         // does not own; a `std::net::TcpListener` owns its descriptor for its whole life.
         #[allow(deprecated)]
@@ -212,12 +228,15 @@ pub(crate) fn spawn_accept(
             let fe = current.read().clone();
             // Connection rules run here when they can, so a refused connection (a flood)
             // costs no task.
-            let Ok(admitted) = conn::admit(&stream, peer, &fe) else {
+            let Ok(admitted) = conn::admit(peer, &fe) else {
                 continue;
             };
             since_yield = YIELD_EVERY;
-            let stream = match stream
-                .set_nonblocking(true)
+            // An admitted connection closes gracefully: a reset would throw away whatever
+            // of its last answer the kernel has not sent yet.
+            let stream = match socket2::SockRef::from(&stream)
+                .set_linger(None)
+                .and_then(|()| stream.set_nonblocking(true))
                 .and_then(|()| tokio::net::TcpStream::from_std(stream))
             {
                 Ok(s) => s,

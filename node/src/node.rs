@@ -273,7 +273,7 @@ impl Node {
         let mut sockets = HashMap::new();
         for fe in &config.frontends {
             if old_binds.get(&fe.name) != Some(&fe.bind) {
-                let sock = listener::bind(fe.bind).map_err(|source| NodeError::Bind {
+                let sock = listener::bind_frontend(fe.bind).map_err(|source| NodeError::Bind {
                     what: format!("frontend `{}`", fe.name),
                     addr: fe.bind,
                     source,

@@ -298,6 +298,52 @@ async fn connection_rate_rejects_excess_connections_without_reading_a_byte() {
     app.stop().await;
 }
 
+/// A refused connection ends with a reset; an admitted one, accepted from the same listener
+/// (whose sockets start with a zero linger), ends with a FIN when the proxy closes it.
+#[tokio::test]
+async fn refused_connections_are_reset_and_admitted_ones_close_gracefully() {
+    use tokio::io::AsyncWriteExt;
+    let app = TestBackend::start("app1").await;
+    let toml = format!(
+        "{}{}",
+        table("\"conn_rate(10s)\""),
+        http_config(
+            &[&app],
+            "",
+            &format!(
+                "limits = {{ keepalive_timeout = \"100ms\" }}\n{}",
+                rules(
+                    "\"track-sc0 src table per_ip\", \"reject if sc0_conn_rate > 2\"",
+                    ""
+                )
+            )
+        )
+    );
+    let n = TestNode::start(&toml).await;
+    let addr = n.addr("web");
+    for _ in 0..2 {
+        // Answered, then closed by the proxy once idle.
+        let mut s = connect_from("127.0.0.9", addr).await;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (got, ending) = util::read_to_end(&mut s, Duration::from_secs(5)).await;
+        assert!(got.starts_with(b"HTTP/1.1 200"), "answered");
+        assert!(got.ends_with(b"app1"), "the whole answer");
+        assert_eq!(
+            ending,
+            util::Ending::Fin,
+            "an admitted connection ends with a FIN"
+        );
+    }
+    // The third is over the rate: reset, unread.
+    let mut s = connect_from("127.0.0.9", addr).await;
+    let (got, ending) = util::read_to_end(&mut s, Duration::from_secs(5)).await;
+    assert_eq!((got.as_slice(), ending), (&b""[..], util::Ending::Reset));
+    n.stop().await;
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn concurrent_connections_are_capped_per_client() {
     let app = TestBackend::start("app1").await;

@@ -333,19 +333,43 @@ where
 
 /// Reads until EOF or error; returns what was read and whether the peer closed (EOF/reset).
 pub async fn read_to_close(stream: &mut TcpStream, within: Duration) -> (Vec<u8>, bool) {
+    let (out, ending) = read_to_end(stream, within).await;
+    (out, ending != Ending::Open)
+}
+
+/// How a connection's incoming side ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// A FIN: the peer closed gracefully, after everything it sent.
+    Fin,
+    /// A reset.
+    Reset,
+    /// Another error.
+    Error(std::io::ErrorKind),
+    /// Nothing ended it in time.
+    Open,
+}
+
+/// Everything `stream` receives until it ends (or `within` passes), and how it ended.
+pub async fn read_to_end<R>(stream: &mut R, within: Duration) -> (Vec<u8>, Ending)
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
     use tokio::io::AsyncReadExt;
     let mut out = Vec::new();
     let res = tokio::time::timeout(within, async {
-        let mut buf = [0u8; 4096];
+        let mut buf = [0u8; 16384];
         loop {
             match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) => return Ending::Fin,
                 Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ending::Reset,
+                Err(e) => return Ending::Error(e.kind()),
             }
         }
     })
     .await;
-    (out, res.is_ok())
+    (out, res.unwrap_or(Ending::Open))
 }
 
 /// A deterministic pseudo-random body.
