@@ -133,7 +133,7 @@ fn apply(c: &mut Criterion) {
     let mut chunks: Vec<pb::TableContributions> = Vec::new();
     let mut cur = Cursor::new();
     while !cur.is_done() {
-        src.snapshot_chunk(&mut cur, 4096, Tick(1), &mut chunks);
+        src.snapshot_chunk(&mut cur, 4096, Tick(1), None, &mut chunks);
     }
     // Owned copies, so each iteration can bump a version.
     let cs: Vec<pb::Contribution> = chunks
@@ -220,7 +220,7 @@ fn resync(c: &mut Criterion) {
     let mut cur = Cursor::new();
     while !cur.is_done() {
         let mut tables = Vec::new();
-        src.snapshot_chunk(&mut cur, 4096, Tick(1), &mut tables);
+        src.snapshot_chunk(&mut cur, 4096, Tick(1), None, &mut tables);
         let seq = messages.len() as u64 + 1;
         messages.push(pb::Contributions { seq, tables }.encode_to_vec());
     }

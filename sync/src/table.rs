@@ -681,14 +681,19 @@ impl Table {
         })
     }
 
-    /// Appends up to about `max` contributions of every origin, from `cursor`, for a snapshot
-    /// sent to a (re)connected peer: one [`pb::TableContributions`] per origin, added to `out`
-    /// as origins appear. Holds one shard's lock at a time.
+    /// Appends up to about `max` contributions of every origin but `except`, from `cursor`, for
+    /// a snapshot sent to a (re)connected peer: one [`pb::TableContributions`] per origin,
+    /// added to `out` as origins appear. Holds one shard's lock at a time.
+    ///
+    /// `except` is the receiving peer's own origin: only the peer writes its contributions, so
+    /// it holds them already, and sending them back would cost both sides an apply that
+    /// changes nothing.
     pub fn snapshot_chunk(
         &self,
         cursor: &mut Cursor,
         max: usize,
         now: Tick,
+        except: Option<OriginId>,
         out: &mut Vec<pb::TableContributions>,
     ) -> usize {
         let cx = self.cx(now);
@@ -698,7 +703,7 @@ impl Table {
         self.walk(cursor, max, |e| {
             let mut n = 0;
             for (i, origin) in e.origins_of(&self.layout) {
-                if e.record_idle(&cx, i) >= cx.expire {
+                if Some(origin) == except || e.record_idle(&cx, i) >= cx.expire {
                     continue;
                 }
                 let at = match groups.iter().find(|(o, _)| *o == origin) {

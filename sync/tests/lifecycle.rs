@@ -280,7 +280,9 @@ fn snapshots_and_scans_visit_every_entry_in_bounded_chunks() {
     let mut total = 0;
     while !cur.is_done() {
         let mut out = Vec::new();
-        let n = b.table.snapshot_chunk(&mut cur, 100, b.tick(1), &mut out);
+        let n = b
+            .table
+            .snapshot_chunk(&mut cur, 100, b.tick(1), None, &mut out);
         assert!(n <= 100);
         total += n;
         chunks += 1;

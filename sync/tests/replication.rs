@@ -228,6 +228,58 @@ async fn a_partition_heals_to_exact_sums() {
     f.stop().await;
 }
 
+/// A session's snapshot carries every origin's contributions but the receiving peer's own:
+/// the peer writes those alone and holds them already.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_leaves_out_the_receiving_peers_own_contributions() {
+    let f = fleet(&["edge-1", "edge-2"]).await;
+    assert!(f.all_connected().await);
+    // 300 keys of edge-1's, 200 of edge-2's, 50 of them written by both: 450 entries.
+    for k in 0..300 {
+        record(&f.nodes[0], &key(k), Event::IncGpc0(1));
+    }
+    for k in 250..450 {
+        record(&f.nodes[1], &key(k), Event::IncGpc0(1));
+    }
+    let all_have = |n: &TestNode| n.tables.get("per_ip").unwrap().len() == 450;
+    assert!(eventually(WAIT, || f.nodes.iter().all(all_have)).await);
+    let sent = |from: usize, to: &str| {
+        f.nodes[from]
+            .repl
+            .peers()
+            .into_iter()
+            .find(|p| p.name == to)
+            .map(|p| (p.sessions, p.updates_sent))
+            .unwrap()
+    };
+    let (s1, before1) = sent(0, "edge-2");
+    let (s2, before2) = sent(1, "edge-1");
+    // A new session between the two (nothing is recorded from here on): each sends the other
+    // a snapshot, in one message of contributions (fewer than a chunk's 4,096).
+    f.links[1].cut();
+    assert!(eventually(WAIT, || !f.nodes[0].peer_up("edge-2")).await);
+    f.links[1].heal();
+    assert!(
+        eventually(WAIT, || sent(0, "edge-2").0 > s1
+            && sent(1, "edge-1").0 > s2
+            && sent(0, "edge-2").1 > before1
+            && sent(1, "edge-1").1 > before2)
+        .await,
+        "both snapshots sent"
+    );
+    // Each sent its own contributions only (with the peer's, 500 each way).
+    assert_eq!(sent(0, "edge-2").1 - before1, 300);
+    assert_eq!(sent(1, "edge-1").1 - before2, 200);
+    // And both still hold the exact sums.
+    for n in &f.nodes {
+        assert!((0..450).all(|k| {
+            let want = if (250..300).contains(&k) { 2 } else { 1 };
+            read(n, &key(k), D::Gpc0) == Some(want)
+        }));
+    }
+    f.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_added_at_runtime_gets_the_table_and_live_updates_until_removed() {
     let mut f = fleet(&["edge-1", "edge-2", "edge-3"]).await;

@@ -90,6 +90,7 @@ fn a_good_contribution_round_trips() {
         &mut sluice_sync::Cursor::new(),
         10,
         sluice_sync::Tick(100),
+        None,
         &mut out,
     );
     let mut want = pb::TableContributions::new(

@@ -87,6 +87,7 @@ impl Session {
         let snapshot = feeds.iter().map(|(t, _)| t.clone()).collect();
         let mut sender = Sender {
             shared: shared.clone(),
+            peer: peer.clone(),
             stats: stats.clone(),
             out: outbound,
             feeds,
@@ -135,6 +136,8 @@ struct Snapshot {
 
 struct Sender {
     shared: Arc<Shared>,
+    /// The peer's origin (its current incarnation).
+    peer: OriginName,
     stats: Arc<PeerStats>,
     out: mpsc::Sender<pb::PeerMessage>,
     feeds: Vec<(Arc<Table>, Consumer)>,
@@ -280,11 +283,14 @@ impl Sender {
         let Some(snap) = self.snapshot.as_mut() else {
             return Ok(());
         };
+        // The peer's origin is known once it has sent its first contributions, which may be
+        // after the snapshot began.
+        let peer = self.shared.tables.origins().lookup(&self.peer);
         let mut tables = Vec::new();
         let mut n = 0;
         while n < MAX_CHUNK && snap.table < snap.tables.len() {
             let t = &snap.tables[snap.table];
-            n += t.snapshot_chunk(&mut snap.cursor, MAX_CHUNK - n, now, &mut tables);
+            n += t.snapshot_chunk(&mut snap.cursor, MAX_CHUNK - n, now, peer, &mut tables);
             if snap.cursor.is_done() {
                 snap.table += 1;
                 snap.cursor = Cursor::new();

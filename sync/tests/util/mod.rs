@@ -71,7 +71,7 @@ impl Node {
         let mut cur = Cursor::new();
         while !cur.is_done() {
             self.table
-                .snapshot_chunk(&mut cur, 7, self.tick(t), &mut out);
+                .snapshot_chunk(&mut cur, 7, self.tick(t), None, &mut out);
         }
         let mut all = Vec::new();
         for tc in &out {
