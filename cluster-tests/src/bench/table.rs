@@ -21,7 +21,7 @@ use anyhow::Context;
 use sluice_sync::{KeyType, TableSchema};
 
 use super::nodes::{Feeder, HaNode, SluiceNode, SluiceSpec};
-use super::procs;
+use super::procs::{self, LOAD_CPU, PROXY_CPU};
 use super::report::note;
 use super::{Env, Figure, Goal, Report};
 
@@ -157,18 +157,37 @@ pub(crate) async fn run(env: &Env, report: &mut Report) -> anyhow::Result<()> {
         // A second feeder (a new origin) writes the next 900,000 keys.
         let feeder = Feeder::start(env, &certs, "feeder-2", sf2, peers, schema()?).await?;
         feeder.wait_peer("node-1", Duration::from_secs(20)).await?;
+        // Who sets the rate: the feeder's core (CPU 1, the harness's) or the nodes' (CPU 0).
+        let node_cpu = |n: &SluiceNode| n.proc().map_or(0.0, |p| p.cpu_secs());
+        let (cpus0, c1, c2) = (
+            [
+                procs::CpuTimes::of(PROXY_CPU),
+                procs::CpuTimes::of(LOAD_CPU),
+            ],
+            node_cpu(&n1),
+            node_cpu(&n2),
+        );
         let t = Instant::now();
         feeder.fill("per_ip", SMALL..BIG).await?;
         let wrote = t.elapsed();
         let d1 = n1.wait_entries("per_ip", BIG.into(), t, WAIT).await?;
         let d2 = n2.wait_entries("per_ip", BIG.into(), t, WAIT).await?;
+        let cpus1 = [
+            procs::CpuTimes::of(PROXY_CPU),
+            procs::CpuTimes::of(LOAD_CPU),
+        ];
         let new = f64::from(BIG - SMALL);
         note(&format!(
-            "table sluice: feeder wrote {} entries in {:.0} ms; node-1 held them after {:.0} ms, node-2 after {:.0} ms",
+            "table sluice: feeder wrote {} entries in {:.0} ms; node-1 held them after {:.0} ms, node-2 after {:.0} ms; \
+             CPU meanwhile: node-1 {:.0} ms, node-2 {:.0} ms, CPU {PROXY_CPU} (nodes) {:.0} % busy, CPU {LOAD_CPU} (feeder) {:.0} %",
             BIG - SMALL,
             wrote.as_secs_f64() * 1e3,
             d1.as_secs_f64() * 1e3,
-            d2.as_secs_f64() * 1e3
+            d2.as_secs_f64() * 1e3,
+            (node_cpu(&n1) - c1) * 1e3,
+            (node_cpu(&n2) - c2) * 1e3,
+            cpus1[0].busy_since(&cpus0[0]),
+            cpus1[1].busy_since(&cpus0[1]),
         ));
         throughput.push("sluice", new / d1.max(d2).as_secs_f64());
         fill_rate.push("sluice", new / wrote.as_secs_f64());
