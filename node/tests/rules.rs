@@ -27,6 +27,17 @@ fn rules(connection: &str, request: &str) -> String {
     format!("[frontend.rules]\nconnection = [{connection}]\nrequest = [{request}]\n")
 }
 
+/// A node with the table `per_ip` storing `store` and the frontend `web` in front of `app`,
+/// `frontend` added to the frontend's section (its rules, limits).
+async fn node_with(app: &TestBackend, store: &str, frontend: &str) -> TestNode {
+    TestNode::start(&format!(
+        "{}{}",
+        table(store),
+        http_config(&[app], "", frontend)
+    ))
+    .await
+}
+
 fn key(ip: &str) -> Key {
     Key::from_ip(ip.parse::<IpAddr>().unwrap())
 }
@@ -81,12 +92,7 @@ async fn rate_limited_node(dry_run: bool) -> (TestNode, TestBackend) {
             "\"deny status 429 if sc0_http_req_rate > 100\""
         )
     );
-    let toml = format!(
-        "{}{}",
-        table("\"http_req_rate(2s)\""),
-        http_config(&[&app], "", &extra)
-    );
-    (TestNode::start(&toml).await, app)
+    (node_with(&app, "\"http_req_rate(2s)\"", &extra).await, app)
 }
 
 #[tokio::test]
@@ -247,19 +253,15 @@ async fn dry_run_lets_every_request_through_and_counts_would_be_denials() {
 #[tokio::test]
 async fn connection_rate_rejects_excess_connections_without_reading_a_byte() {
     let app = TestBackend::start("app1").await;
-    let toml = format!(
-        "{}{}",
-        table("\"conn_rate(10s)\""),
-        http_config(
-            &[&app],
+    let n = node_with(
+        &app,
+        "\"conn_rate(10s)\"",
+        &rules(
+            "\"track-sc0 src table per_ip\", \"reject if sc0_conn_rate > 5\"",
             "",
-            &rules(
-                "\"track-sc0 src table per_ip\", \"reject if sc0_conn_rate > 5\"",
-                ""
-            )
-        )
-    );
-    let n = TestNode::start(&toml).await;
+        ),
+    )
+    .await;
     let addr = n.addr("web");
     for _ in 0..5 {
         let mut c = Client::connect_from("127.0.0.4", addr).await;
@@ -304,22 +306,18 @@ async fn connection_rate_rejects_excess_connections_without_reading_a_byte() {
 async fn refused_connections_are_reset_and_admitted_ones_close_gracefully() {
     use tokio::io::AsyncWriteExt;
     let app = TestBackend::start("app1").await;
-    let toml = format!(
-        "{}{}",
-        table("\"conn_rate(10s)\""),
-        http_config(
-            &[&app],
-            "",
-            &format!(
-                "limits = {{ keepalive_timeout = \"100ms\" }}\n{}",
-                rules(
-                    "\"track-sc0 src table per_ip\", \"reject if sc0_conn_rate > 2\"",
-                    ""
-                )
+    let n = node_with(
+        &app,
+        "\"conn_rate(10s)\"",
+        &format!(
+            "limits = {{ keepalive_timeout = \"100ms\" }}\n{}",
+            rules(
+                "\"track-sc0 src table per_ip\", \"reject if sc0_conn_rate > 2\"",
+                ""
             )
-        )
-    );
-    let n = TestNode::start(&toml).await;
+        ),
+    )
+    .await;
     let addr = n.addr("web");
     for _ in 0..2 {
         // Answered, then closed by the proxy once idle.
@@ -347,19 +345,15 @@ async fn refused_connections_are_reset_and_admitted_ones_close_gracefully() {
 #[tokio::test]
 async fn concurrent_connections_are_capped_per_client() {
     let app = TestBackend::start("app1").await;
-    let toml = format!(
-        "{}{}",
-        table("\"conn_cur\""),
-        http_config(
-            &[&app],
+    let n = node_with(
+        &app,
+        "\"conn_cur\"",
+        &rules(
+            "\"track-sc0 src table per_ip\", \"reject if sc0_conn_cur > 3\"",
             "",
-            &rules(
-                "\"track-sc0 src table per_ip\", \"reject if sc0_conn_cur > 3\"",
-                ""
-            )
-        )
-    );
-    let n = TestNode::start(&toml).await;
+        ),
+    )
+    .await;
     let addr = n.addr("web");
     let mut open = Vec::new();
     for _ in 0..3 {
@@ -395,19 +389,15 @@ async fn concurrent_connections_are_capped_per_client() {
 #[tokio::test]
 async fn a_gpc0_flag_set_on_errors_tarpits_the_client() {
     let app = TestBackend::start("app1").await;
-    let toml = format!(
-        "{}{}",
-        table("\"http_err_rate(10s)\", \"gpc0\""),
-        http_config(
-            &[&app],
-            "",
-            &rules(
-                "\"track-sc0 src table per_ip\"",
-                "\"sc-inc-gpc0 0 if sc0_http_err_rate > 10\", \"tarpit 1s if sc0_gpc0 > 0\""
-            )
-        )
-    );
-    let n = TestNode::start(&toml).await;
+    let n = node_with(
+        &app,
+        "\"http_err_rate(10s)\", \"gpc0\"",
+        &rules(
+            "\"track-sc0 src table per_ip\"",
+            "\"sc-inc-gpc0 0 if sc0_http_err_rate > 10\", \"tarpit 1s if sc0_gpc0 > 0\"",
+        ),
+    )
+    .await;
     let addr = n.addr("web");
     let mut c = Client::connect_from("127.0.0.7", addr).await;
     for _ in 0..11 {
@@ -453,16 +443,12 @@ async fn a_gpc0_flag_set_on_errors_tarpits_the_client() {
 #[tokio::test]
 async fn a_tarpit_ends_when_the_node_drains() {
     let app = TestBackend::start("app1").await;
-    let toml = format!(
-        "{}{}",
-        table("\"http_req_cnt\""),
-        http_config(
-            &[&app],
-            "",
-            &rules("\"track-sc0 src table per_ip\"", "\"tarpit 1h\"")
-        )
-    );
-    let n = TestNode::start(&toml).await;
+    let n = node_with(
+        &app,
+        "\"http_req_cnt\"",
+        &rules("\"track-sc0 src table per_ip\"", "\"tarpit 1h\""),
+    )
+    .await;
     let mut c = Client::connect_from("127.0.0.11", n.addr("web")).await;
     let held = tokio::spawn(async move {
         let start = Instant::now();
@@ -489,19 +475,15 @@ async fn a_tarpit_ends_when_the_node_drains() {
 #[tokio::test]
 async fn a_bandwidth_rule_denies_a_client_that_uploads_too_fast() {
     let app = TestBackend::start("app1").await;
-    let toml = format!(
-        "{}{}",
-        table("\"bytes_in_rate(10s)\""),
-        http_config(
-            &[&app],
-            "",
-            &rules(
-                "\"track-sc0 src table per_ip\"",
-                "\"deny status 429 if sc0_bytes_in_rate > 100000\""
-            )
-        )
-    );
-    let n = TestNode::start(&toml).await;
+    let n = node_with(
+        &app,
+        "\"bytes_in_rate(10s)\"",
+        &rules(
+            "\"track-sc0 src table per_ip\"",
+            "\"deny status 429 if sc0_bytes_in_rate > 100000\"",
+        ),
+    )
+    .await;
     let addr = n.addr("web");
     let post = |len: usize| {
         Request::post("/echo")
