@@ -5,6 +5,7 @@
 //! allocates beyond the entry being inserted (the slab and index are sized at creation, and
 //! reserved pages are only backed by memory once touched).
 
+use std::collections::VecDeque;
 use std::hash::BuildHasher;
 
 use crate::entry::{Ctx, Entry};
@@ -36,8 +37,12 @@ pub(crate) struct Shard {
     free: Vec<u32>,
     len: usize,
     cap: usize,
-    /// Per consumer, the slots whose dirty bit for that consumer went from 0 to 1.
-    logs: Vec<Vec<u32>>,
+    /// Per consumer, the slots whose dirty bit for that consumer went from 0 to 1, oldest
+    /// first. Taken in that order, every change waits at most one pass over the log however
+    /// busy other keys are, and a key still being written is taken last, after its writes
+    /// have had the longest to coalesce (newest first sent a key in the middle of a burst of
+    /// writes, then sent it again).
+    logs: Vec<VecDeque<u32>>,
     rng: u64,
 }
 
@@ -50,7 +55,7 @@ impl Shard {
             free: Vec::new(),
             len: 0,
             cap,
-            logs: (0..MAX_CONSUMERS).map(|_| Vec::new()).collect(),
+            logs: (0..MAX_CONSUMERS).map(|_| VecDeque::new()).collect(),
             rng: seed | 1,
         }
     }
@@ -176,7 +181,7 @@ impl Shard {
         let mut todo = fresh;
         while todo != 0 {
             let c = todo.trailing_zeros() as usize;
-            self.logs[c].push(slot);
+            self.logs[c].push_back(slot);
             todo &= todo - 1;
         }
         fresh
@@ -184,7 +189,7 @@ impl Shard {
 
     /// Pops the next slot dirty for consumer `c`, clearing its bit.
     pub(crate) fn pop_dirty(&mut self, c: usize) -> Option<Option<u32>> {
-        let slot = self.logs[c].pop()?;
+        let slot = self.logs[c].pop_front()?;
         let bit = 1u64 << c;
         if let Some(bits) = self.dirty.get_mut(slot as usize) {
             *bits &= !bit;

@@ -212,6 +212,38 @@ fn the_change_feed_hands_each_changed_key_once_in_its_latest_state() {
 }
 
 #[test]
+fn the_change_feed_hands_out_the_oldest_changes_first() {
+    // One shard (64 entries), so the order is the feed's, not the order of shards.
+    let a = Node::new("a", schema_sized(&["gpc0"], 64));
+    let mut c = a.table.subscribe().unwrap();
+    let keys: Vec<_> = (0..10).map(|i| ip(&format!("10.4.0.{i}"))).collect();
+    let mut handles: Vec<_> = keys
+        .iter()
+        .map(|k| a.table.track(k.clone(), a.tick(0)))
+        .collect();
+    let take = |c: &mut sluice_sync::Consumer, n: usize| {
+        let mut out = sluice_proto::sync::v1::TableContributions::default();
+        a.table.take_changes(c, n, a.tick(1), &mut out);
+        util::owned(&out)
+            .into_iter()
+            .map(|c| c.key)
+            .collect::<Vec<_>>()
+    };
+    let bytes =
+        |ks: &[sluice_sync::Key]| ks.iter().map(|k| k.as_bytes().to_vec()).collect::<Vec<_>>();
+    assert_eq!(take(&mut c, 5), bytes(&keys[..5]));
+    // The keys just sent change again; the five that have waited longer go first. A feed
+    // that sent the newest change first would send these five again and again under a
+    // steady load, and the others never.
+    for h in &mut handles[..5] {
+        a.table.record(h, Event::IncGpc0(1), a.tick(1));
+    }
+    assert_eq!(take(&mut c, 5), bytes(&keys[5..]));
+    assert_eq!(take(&mut c, 5), bytes(&keys[..5]));
+    assert!(take(&mut c, 5).is_empty());
+}
+
+#[test]
 fn a_stalled_consumer_costs_at_most_the_table_size() {
     let size = 1_000;
     let a = Node::new("a", schema_sized(&["gpc0"], size));
