@@ -210,7 +210,9 @@ impl Sender {
             if heartbeat_timer.deadline() != heartbeat_due {
                 heartbeat_timer.as_mut().reset(heartbeat_due);
             }
-            let flush_due = self.pending_since.map(|t| t + flush);
+            // Once overdue the timer has done its work (the window is the hard one); polled
+            // again, the elapsed timer would be ready at once and spin this loop until an ack.
+            let flush_due = self.pending_since.filter(|_| !overdue).map(|t| t + flush);
             if let Some(due) = flush_due
                 && flush_timer.deadline() != due
             {
