@@ -189,6 +189,64 @@ async fn a_restarted_node_gets_the_whole_table_back_and_turns_ready() {
     f.stop().await;
 }
 
+/// A session is woken only when it waits for changes, so a missed wake-up would leave a change
+/// unsent until the next heartbeat or batch. Heartbeats are 150 s apart here: a change that
+/// arrives within the deadline was sent because it happened. Bursts of every size, some
+/// written while the last is still in flight, on both nodes at once, cover a session that
+/// is idle, sending, or has its window full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_is_sent_when_it_happens_not_at_a_heartbeat() {
+    let dir = TempDir::new().unwrap();
+    let ca = Ca::new(&dir.path().join("certs"), "one");
+    let names = ["wake-a", "wake-b"];
+    let listens = [free_addr(), free_addr()];
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        let spec = NodeSpec {
+            name: names[i],
+            listen: listens[i],
+            peers: vec![(names[1 - i].into(), listens[1 - i].to_string())],
+            tls: ca.node(names[i]),
+            state_dir: dir.path().join(names[i]),
+            schemas: schemas(),
+        };
+        nodes.push(TestNode::start_with_dead_after(spec, Duration::from_secs(600)).await);
+    }
+    let (a, b) = (&nodes[0], &nodes[1]);
+    assert!(eventually(WAIT, || a.peer_up("wake-b") && b.peer_up("wake-a")).await);
+    // Node a writes keys 0..64, node b keys 1000..1064.
+    let mut sums: HashMap<u32, u64> = HashMap::new();
+    for round in 0..240u32 {
+        let burst = [1, 1, 2, 7, 40, 300][round as usize % 6];
+        for i in 0..burst {
+            let k = (round * 7 + i) % 64;
+            record(a, &key(k), Event::IncGpc0(1));
+            record(b, &key(1000 + k), Event::IncGpc0(1));
+            *sums.entry(k).or_default() += 1;
+        }
+        // Most rounds wait for the last change; the rest write the next burst at once.
+        if round % 3 != 0 {
+            let k = (round * 7 + burst - 1) % 64;
+            let want = sums[&k];
+            assert!(
+                eventually(WAIT, || read(b, &key(k), D::Gpc0) == Some(want)
+                    && read(a, &key(1000 + k), D::Gpc0) == Some(want))
+                .await,
+                "round {round}: key {k} did not reach {want} on the peer"
+            );
+        }
+    }
+    let all_there = || {
+        sums.iter().all(|(&k, &n)| {
+            read(b, &key(k), D::Gpc0) == Some(n) && read(a, &key(1000 + k), D::Gpc0) == Some(n)
+        })
+    };
+    assert!(eventually(WAIT, all_there).await);
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_heals_to_exact_sums() {
     let f = fleet(&["edge-1", "edge-2", "edge-3"]).await;

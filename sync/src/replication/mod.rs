@@ -13,6 +13,7 @@ mod dial;
 mod session;
 mod stats;
 pub mod tls;
+mod wake;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,7 +24,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use sluice_proto::sync::v1 as pb;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -37,6 +38,7 @@ pub use stats::PeerStatus;
 pub use tls::{Identity, TlsError, TlsPaths};
 
 use stats::PeerStats;
+use wake::FeedWaker;
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -105,8 +107,8 @@ const CHANNEL: usize = 16;
 /// A session must say hello within this.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Per session slot (one per connected peer): the notifier its change-feed consumers wake.
-type Wakers = Arc<[Mutex<Option<Arc<Notify>>>]>;
+/// Per session slot (one per connected peer): what its change-feed consumers wake.
+type Wakers = Arc<[FeedWaker]>;
 
 struct SessionHandle {
     id: u64,
@@ -187,7 +189,7 @@ impl Replicator {
                 source,
             })?;
 
-        let wakers: Wakers = (0..MAX_CONSUMERS).map(|_| Mutex::new(None)).collect();
+        let wakers: Wakers = (0..MAX_CONSUMERS).map(|_| FeedWaker::default()).collect();
         let no_peers = membership.peers().next().is_none();
         let shared = Arc::new(Shared {
             identity,
@@ -211,8 +213,8 @@ impl Replicator {
             let mut m = mask;
             while m != 0 {
                 let i = m.trailing_zeros() as usize;
-                if let Some(n) = wakers.get(i).and_then(|w| w.lock().clone()) {
-                    n.notify_one();
+                if let Some(w) = wakers.get(i) {
+                    w.wake();
                 }
                 m &= m - 1;
             }
@@ -492,7 +494,7 @@ impl Shared {
             sessions.remove(peer);
         }
         drop(sessions);
-        *self.wakers[slot].lock() = None;
+        self.wakers[slot].disarm();
         *self.slots.lock() &= !(1u64 << slot);
     }
 }

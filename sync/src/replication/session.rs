@@ -15,7 +15,7 @@ use std::time::Duration;
 use prost::Message;
 use sluice_proto::sync::v1 as pb;
 use sluice_proto::sync::v1::peer_message::Body;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -67,8 +67,6 @@ impl Session {
             slot,
             cancel,
         } = self;
-        let notify = Arc::new(Notify::new());
-        *shared.wakers[slot].lock() = Some(notify.clone());
         let mut feeds = Vec::new();
         for t in shared.tables.replicated() {
             match t.subscribe_as(slot) {
@@ -95,7 +93,7 @@ impl Session {
             acked: acked_rx,
             to_ack: to_ack_rx,
             membership: shared.membership_version.subscribe(),
-            notify,
+            slot,
             snapshot: Some(Snapshot {
                 tables: snapshot,
                 table: 0,
@@ -146,7 +144,8 @@ struct Sender {
     acked: watch::Receiver<u64>,
     to_ack: watch::Receiver<u64>,
     membership: watch::Receiver<u64>,
-    notify: Arc<Notify>,
+    /// The session slot, whose waker the change feed wakes.
+    slot: usize,
     snapshot: Option<Snapshot>,
     /// Since when a change waits because the window is full.
     pending_since: Option<Instant>,
@@ -186,7 +185,9 @@ impl Sender {
             let in_flight = self.seq - *self.acked.borrow();
             let overdue = self.pending_since.is_some_and(|t| t.elapsed() >= flush);
             let window = if overdue { HARD_WINDOW } else { WINDOW };
+            let waker = &self.shared.wakers[self.slot];
             if in_flight < window {
+                waker.arm();
                 let now = self.shared.clock.tick();
                 let (batch, n) = self.take_live(now);
                 if n > 0 {
@@ -199,6 +200,10 @@ impl Sender {
                     continue;
                 }
                 self.set_pending(None);
+            } else if self.pending_since.is_none() {
+                // The first change starts the flush clock; until it is overdue, later ones
+                // just gather.
+                waker.arm();
             }
             if in_flight < SNAPSHOT_WINDOW && self.snapshot.is_some() {
                 if let Err(e) = self.send_snapshot_chunk(cancel).await {
@@ -220,7 +225,7 @@ impl Sender {
             }
             tokio::select! {
                 _ = cancel.cancelled() => {}
-                _ = self.notify.notified() => {
+                _ = self.shared.wakers[self.slot].woken() => {
                     if self.seq - *self.acked.borrow() >= WINDOW && self.pending_since.is_none() {
                         self.set_pending(Some(Instant::now()));
                     }

@@ -63,8 +63,22 @@ impl TestNode {
         Self::try_start(spec).await.expect("node starts")
     }
 
+    /// Starts a node whose heartbeats are `dead_after / 4` apart.
+    pub async fn start_with_dead_after(spec: NodeSpec<'_>, dead_after: Duration) -> TestNode {
+        Self::try_start_with(spec, dead_after)
+            .await
+            .expect("node starts")
+    }
+
     pub async fn try_start(
         spec: NodeSpec<'_>,
+    ) -> Result<TestNode, sluice_sync::replication::ReplicationError> {
+        Self::try_start_with(spec, Duration::from_secs(2)).await
+    }
+
+    async fn try_start_with(
+        spec: NodeSpec<'_>,
+        dead_after: Duration,
     ) -> Result<TestNode, sluice_sync::replication::ReplicationError> {
         init_tracing();
         let clock = NodeClock::new();
@@ -82,7 +96,7 @@ impl TestNode {
             listen: spec.listen,
             peers: spec.peers,
             flush_interval: Duration::from_millis(1),
-            dead_after: Duration::from_secs(2),
+            dead_after,
             ready_wait: Duration::from_secs(30),
             state_dir: spec.state_dir,
             tls: spec.tls,
