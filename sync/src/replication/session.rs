@@ -418,13 +418,13 @@ async fn receive(
                 if let Err(why) = apply(shared, stats, &c, Some(peer)) {
                     return End::Failed(why);
                 }
-                to_ack.send_replace(c.seq);
+                ack(&to_ack, c.seq).await;
             }
             Some(Body::Snapshot(c)) => {
                 if let Err(why) = apply(shared, stats, &c, None) {
                     return End::Failed(why);
                 }
-                to_ack.send_replace(c.seq);
+                ack(&to_ack, c.seq).await;
             }
             Some(Body::SnapshotDone(d)) => {
                 let ms = started.elapsed().as_millis() as u64;
@@ -444,6 +444,15 @@ async fn receive(
             None => return End::Failed("a message with no body".into()),
         }
     }
+}
+
+/// Has the sender acknowledge `seq`, and lets it run before the next message is applied.
+/// Without the yield, a receiver with messages buffered applied them all before the ack went
+/// out: the peer, its window full, sat idle meanwhile, then sent a burst while this node sat
+/// idle in turn.
+async fn ack(to_ack: &watch::Sender<u64>, seq: u64) {
+    to_ack.send_replace(seq);
+    tokio::task::yield_now().await;
 }
 
 /// Checks a whole message against the tables, then applies it: a bad contribution anywhere
