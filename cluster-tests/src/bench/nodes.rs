@@ -453,14 +453,17 @@ impl Feeder {
         })
     }
 
-    /// Waits until a session with `peer` is up.
-    pub(crate) async fn wait_peer(&self, peer: &str, within: Duration) -> anyhow::Result<()> {
+    /// Waits until its sessions with both nodes are up: a session that came up during a fill
+    /// would send the keys written before it twice, in its snapshot and in its feed.
+    pub(crate) async fn wait_peers(&self, within: Duration) -> anyhow::Result<()> {
         let end = Instant::now() + within;
-        while !self.repl.peers().iter().any(|p| p.name == peer && p.up) {
-            if Instant::now() > end {
-                bail!("the feeder has no session with {peer} after {within:?}");
+        for peer in ["node-1", "node-2"] {
+            while !self.repl.peers().iter().any(|p| p.name == peer && p.up) {
+                if Instant::now() > end {
+                    bail!("the feeder has no session with {peer} after {within:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         Ok(())
     }
@@ -485,6 +488,11 @@ impl Feeder {
         })
         .await?;
         Ok(())
+    }
+
+    /// What it knows of its peers (contributions and messages sent to each).
+    pub(crate) fn peers(&self) -> Vec<sluice_sync::replication::PeerStatus> {
+        self.repl.peers()
     }
 
     /// Stops replication and waits for its tasks.

@@ -130,7 +130,7 @@ pub(crate) async fn run(env: &Env, report: &mut Report) -> anyhow::Result<()> {
         };
         let peers = vec![("node-1".to_owned(), format!("127.0.0.1:{s1}"))];
         let feeder = Feeder::start(env, &certs, "feeder", sf, peers.clone(), schema()?).await?;
-        feeder.wait_peer("node-1", Duration::from_secs(20)).await?;
+        feeder.wait_peers(Duration::from_secs(20)).await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let rss0 = n1.proc().map_or(0, |p| p.rss());
         note(&format!(
@@ -156,7 +156,7 @@ pub(crate) async fn run(env: &Env, report: &mut Report) -> anyhow::Result<()> {
 
         // A second feeder (a new origin) writes the next 900,000 keys.
         let feeder = Feeder::start(env, &certs, "feeder-2", sf2, peers, schema()?).await?;
-        feeder.wait_peer("node-1", Duration::from_secs(20)).await?;
+        feeder.wait_peers(Duration::from_secs(20)).await?;
         // Who sets the rate: the feeder's core (CPU 1, the harness's) or the nodes' (CPU 0).
         let node_cpu = |n: &SluiceNode| n.proc().map_or(0.0, |p| p.cpu_secs());
         let (cpus0, c1, c2) = (
@@ -189,6 +189,20 @@ pub(crate) async fn run(env: &Env, report: &mut Report) -> anyhow::Result<()> {
             cpus1[0].busy_since(&cpus0[0]),
             cpus1[1].busy_since(&cpus0[1]),
         ));
+        // Each key once per node: a key sent twice means the feed handed it out mid-write.
+        for p in feeder
+            .peers()
+            .iter()
+            .filter(|p| p.name.starts_with("node-"))
+        {
+            note(&format!(
+                "table sluice: feeder sent {} {} contributions in {} messages ({:.1} MiB)",
+                p.name,
+                p.updates_sent,
+                p.batches_sent,
+                p.bytes_sent as f64 / 1048576.0
+            ));
+        }
         throughput.push("sluice", new / d1.max(d2).as_secs_f64());
         fill_rate.push("sluice", new / wrote.as_secs_f64());
         feeder.stop().await;
