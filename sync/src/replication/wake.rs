@@ -7,10 +7,12 @@
 //! when it is about to look for changes, and the first change after that disarms it and wakes
 //! the session; later changes only read the flag.
 //!
-//! No change is missed: the session arms before it takes changes, and every take locks each
-//! shard the writer pushed under. If the writer's push came first, the take finds it. If the
-//! take came first, the arming happened before the writer locked that shard, so the writer
-//! sees it armed. A spurious wake-up (a stale permit) only costs one empty turn.
+//! No change is missed. The session arms before it takes changes, and it goes to sleep only
+//! after a take that found nothing, which locked every shard of every table on the way. For
+//! the shard a writer pushed to, either the writer's critical section came first, and the
+//! take found the change, or the take's came first, so the arming happened before the writer
+//! locked the shard and the writer sees the flag set. A spurious wake-up (a stale permit)
+//! costs one empty turn.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
