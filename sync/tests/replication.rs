@@ -44,6 +44,12 @@ struct Fleet {
 
 /// Starts `names` (sorted) as a full mesh.
 async fn fleet(names: &[&str]) -> Fleet {
+    fleet_with_dead_after(names, None).await
+}
+
+/// Starts `names` (sorted) as a full mesh whose peers are dropped after `dead_after` of
+/// silence (the test nodes' default if `None`), heartbeats a quarter of that apart.
+async fn fleet_with_dead_after(names: &[&str], dead_after: Option<Duration>) -> Fleet {
     let dir = TempDir::new().unwrap();
     let ca = Ca::new(&dir.path().join("certs"), "one");
     let listens: Vec<_> = names.iter().map(|_| free_addr()).collect();
@@ -57,17 +63,18 @@ async fn fleet(names: &[&str]) -> Fleet {
             .filter(|&j| j != i)
             .map(|j| (names[j].to_string(), links[j].addr.to_string()))
             .collect();
-        nodes.push(
-            TestNode::start(NodeSpec {
-                name,
-                listen: listens[i],
-                peers,
-                tls: ca.node(name),
-                state_dir: dir.path().join(name),
-                schemas: schemas(),
-            })
-            .await,
-        );
+        let spec = NodeSpec {
+            name,
+            listen: listens[i],
+            peers,
+            tls: ca.node(name),
+            state_dir: dir.path().join(name),
+            schemas: schemas(),
+        };
+        nodes.push(match dead_after {
+            Some(d) => TestNode::start_with_dead_after(spec, d).await,
+            None => TestNode::start(spec).await,
+        });
     }
     let path = dir.path().to_path_buf();
     Fleet {
@@ -196,24 +203,9 @@ async fn a_restarted_node_gets_the_whole_table_back_and_turns_ready() {
 /// is idle, sending, or has its window full.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_is_sent_when_it_happens_not_at_a_heartbeat() {
-    let dir = TempDir::new().unwrap();
-    let ca = Ca::new(&dir.path().join("certs"), "one");
-    let names = ["wake-a", "wake-b"];
-    let listens = [free_addr(), free_addr()];
-    let mut nodes = Vec::new();
-    for i in 0..2 {
-        let spec = NodeSpec {
-            name: names[i],
-            listen: listens[i],
-            peers: vec![(names[1 - i].into(), listens[1 - i].to_string())],
-            tls: ca.node(names[i]),
-            state_dir: dir.path().join(names[i]),
-            schemas: schemas(),
-        };
-        nodes.push(TestNode::start_with_dead_after(spec, Duration::from_secs(600)).await);
-    }
-    let (a, b) = (&nodes[0], &nodes[1]);
-    assert!(eventually(WAIT, || a.peer_up("wake-b") && b.peer_up("wake-a")).await);
+    let f = fleet_with_dead_after(&["wake-a", "wake-b"], Some(Duration::from_secs(600))).await;
+    assert!(f.all_connected().await);
+    let (a, b) = (&f.nodes[0], &f.nodes[1]);
     // Node a writes keys 0..64, node b keys 1000..1064.
     let mut sums: HashMap<u32, u64> = HashMap::new();
     for round in 0..240u32 {
@@ -242,9 +234,7 @@ async fn every_change_is_sent_when_it_happens_not_at_a_heartbeat() {
         })
     };
     assert!(eventually(WAIT, all_there).await);
-    for n in nodes {
-        n.stop().await;
-    }
+    f.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

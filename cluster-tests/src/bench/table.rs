@@ -159,23 +159,19 @@ pub(crate) async fn run(env: &Env, report: &mut Report) -> anyhow::Result<()> {
         feeder.wait_peers(Duration::from_secs(20)).await?;
         // Who sets the rate: the feeder's core (CPU 1, the harness's) or the nodes' (CPU 0).
         let node_cpu = |n: &SluiceNode| n.proc().map_or(0.0, |p| p.cpu_secs());
-        let (cpus0, c1, c2) = (
+        let cores = || {
             [
                 procs::CpuTimes::of(PROXY_CPU),
                 procs::CpuTimes::of(LOAD_CPU),
-            ],
-            node_cpu(&n1),
-            node_cpu(&n2),
-        );
+            ]
+        };
+        let (cpus0, c1, c2) = (cores(), node_cpu(&n1), node_cpu(&n2));
         let t = Instant::now();
         feeder.fill("per_ip", SMALL..BIG).await?;
         let wrote = t.elapsed();
         let d1 = n1.wait_entries("per_ip", BIG.into(), t, WAIT).await?;
         let d2 = n2.wait_entries("per_ip", BIG.into(), t, WAIT).await?;
-        let cpus1 = [
-            procs::CpuTimes::of(PROXY_CPU),
-            procs::CpuTimes::of(LOAD_CPU),
-        ];
+        let cpus1 = cores();
         let new = f64::from(BIG - SMALL);
         note(&format!(
             "table sluice: feeder wrote {} entries in {:.0} ms; node-1 held them after {:.0} ms, node-2 after {:.0} ms; \
