@@ -250,6 +250,27 @@ fn resync(c: &mut Criterion) {
             criterion::BatchSize::PerIteration,
         )
     });
+    // The part of the above a node cannot apply in slices: decoding the messages and reading
+    // and checking every contribution before any is applied.
+    let tables = Tables::new(
+        OriginName {
+            node: "restarted".into(),
+            incarnation: 2,
+        },
+        5_000,
+    );
+    tables.reconcile(vec![schema(1_000_000)]).unwrap();
+    let mut data = Vec::new();
+    g.bench_function("decode+check 100,000", |b| {
+        b.iter(|| {
+            let mut n = 0;
+            for m in &messages {
+                let m = pb::Contributions::decode(m.as_slice()).unwrap();
+                n += tables.check_message(&m, None, &mut data).unwrap().len();
+            }
+            assert_eq!(n, N as usize);
+        })
+    });
     g.finish();
 }
 

@@ -3,6 +3,7 @@
 //! rather than silently wiping a table's contents).
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -11,7 +12,7 @@ use sluice_proto::sync::v1 as pb;
 
 use crate::clock::{Hlc, Tick};
 use crate::error::ContributionError;
-use crate::origin::{OriginName, Origins, OriginsFull};
+use crate::origin::{OriginId, OriginName, Origins, OriginsFull};
 use crate::schema::TableSchema;
 use crate::table::{Listener, Table};
 use crate::wire;
@@ -79,6 +80,42 @@ pub enum MessageError {
     },
 }
 
+/// A message from a peer whose every contribution passed [`Tables::check_message`]: it applies
+/// in as many steps as the caller likes, so a node can answer requests between two slices of a
+/// large message. Each contribution merges on its own, so a message applied in part (its
+/// session ended halfway) leaves the tables as if the peer had sent only that part.
+#[derive(Debug)]
+pub struct CheckedMessage<'a> {
+    /// Consecutive runs of contributions: their table, their origin, how many.
+    runs: Vec<(Arc<Table>, OriginId, usize)>,
+    checked: Vec<wire::Checked<'a>>,
+}
+
+impl CheckedMessage<'_> {
+    /// How many contributions it holds.
+    pub fn len(&self) -> usize {
+        self.checked.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.checked.is_empty()
+    }
+
+    /// Applies the contributions at positions `range` of the message.
+    pub fn apply(&self, range: Range<usize>, now: Tick) {
+        let mut start = 0;
+        for (table, origin, n) in &self.runs {
+            let end = start + n;
+            let (lo, hi) = (range.start.max(start), range.end.min(end));
+            if let Some(run) = self.checked.get(lo..hi) {
+                table.apply_all(*origin, run, now);
+            }
+            start = end;
+        }
+    }
+}
+
 /// The node's tables, its origins and its hybrid logical clock.
 pub struct Tables {
     origins: Arc<Origins>,
@@ -128,16 +165,31 @@ impl Tables {
     }
 
     /// Checks a message of contributions from a peer against the tables, then applies it: a
-    /// bad contribution anywhere applies nothing. `live` (the sender) is set for live batches,
-    /// which may carry only the sender's own contributions; snapshots carry every origin's.
-    /// Returns how many contributions it held.
+    /// bad contribution anywhere applies nothing. Returns how many contributions it held.
     pub fn apply_message(
         &self,
         msg: &pb::Contributions,
         live: Option<&OriginName>,
         now: Tick,
     ) -> Result<usize, MessageError> {
-        let mut groups = Vec::with_capacity(msg.tables.len());
+        let mut data = Vec::new();
+        let m = self.check_message(msg, live, &mut data)?;
+        m.apply(0..m.len(), now);
+        Ok(m.len())
+    }
+
+    /// Reads and checks every contribution of a message from a peer, applying nothing: the
+    /// [`CheckedMessage`] it returns cannot fail to apply. `live` (the sender) is set for live
+    /// batches, which may carry only the sender's own contributions; snapshots carry every
+    /// origin's. The contributions' data are read into `data` (cleared first), one vector for
+    /// the whole message, so reading allocates nothing per contribution.
+    pub fn check_message<'a>(
+        &self,
+        msg: &'a pb::Contributions,
+        live: Option<&OriginName>,
+        data: &'a mut Vec<wire::Datum>,
+    ) -> Result<CheckedMessage<'a>, MessageError> {
+        let mut runs = Vec::with_capacity(msg.tables.len());
         for tc in &msg.tables {
             let table = self
                 .get(&tc.table)
@@ -160,14 +212,13 @@ impl Tables {
                 });
             }
             let id = self.origins.intern(&origin)?;
-            groups.push((tc, table, id));
+            runs.push((table, id, tc.len()));
         }
-        // Every contribution is read and checked before any is applied. Their data go to one
-        // vector for the whole message, so reading allocates nothing per contribution.
         let total = msg.tables.iter().map(|t| t.len()).sum();
         let mut read = Vec::with_capacity(total);
-        let mut data = Vec::with_capacity(total * 2);
-        for (tc, table, _) in &groups {
+        data.clear();
+        data.reserve(total * 2);
+        for (tc, (table, _, _)) in msg.tables.iter().zip(&runs) {
             let malformed = |source| MessageError::Malformed {
                 table: table.name().to_owned(),
                 source,
@@ -181,10 +232,12 @@ impl Tables {
                 read.push((r, start..data.len()));
             }
         }
+        // Only now that `data` is complete can contributions borrow their slices of it.
+        let data: &'a [wire::Datum] = data;
         let mut checked = Vec::with_capacity(total);
         let mut read = read.into_iter();
-        for (tc, table, _) in &groups {
-            for (r, span) in read.by_ref().take(tc.len()) {
+        for (table, _, n) in &runs {
+            for (r, span) in read.by_ref().take(*n) {
                 let c = wire::Contribution {
                     key: r.key,
                     version: r.version,
@@ -201,13 +254,7 @@ impl Tables {
                 checked.push(c);
             }
         }
-        let mut rest = checked.as_slice();
-        for (tc, table, id) in &groups {
-            let (run, after) = rest.split_at(tc.len().min(rest.len()));
-            table.apply_all(*id, run, now);
-            rest = after;
-        }
-        Ok(total)
+        Ok(CheckedMessage { runs, checked })
     }
 
     /// The replicated tables (`sync = true`), by name.
@@ -433,5 +480,59 @@ mod tests {
         );
         c.reconcile(vec![schema("t", &["gpc1"], true)]).unwrap();
         assert_ne!(a.digest(), c.digest());
+    }
+
+    #[test]
+    fn a_checked_message_applies_in_steps_across_its_tables() {
+        let tables = Tables::new(
+            OriginName {
+                node: "a".into(),
+                incarnation: 1,
+            },
+            5000,
+        );
+        tables
+            .reconcile(vec![
+                schema("t1", &["gpc0"], true),
+                schema("t2", &["gpc0"], true),
+            ])
+            .unwrap();
+        let gpc0 = |n: i64| pb::Datum {
+            r#type: DataType::Gpc0.wire(),
+            value: n,
+            ..Default::default()
+        };
+        let run = |table: &str, node: &str, keys: std::ops::Range<u32>| {
+            let mut tc = pb::TableContributions::new(
+                table,
+                pb::Origin {
+                    node: node.into(),
+                    incarnation: 1,
+                },
+            );
+            for k in keys {
+                let key = Key::from_ip(std::net::Ipv4Addr::from(k).into());
+                tc.push(key.as_bytes(), 1, 0, 0, &[gpc0(i64::from(k))]);
+            }
+            tc
+        };
+        let msg = pb::Contributions {
+            seq: 1,
+            tables: vec![run("t1", "b", 0..3), run("t2", "c", 10..12)],
+        };
+        let mut data = Vec::new();
+        let m = tables.check_message(&msg, None, &mut data).unwrap();
+        assert_eq!(m.len(), 5);
+        let lens = || ["t1", "t2"].map(|t| tables.get(t).map_or(0, |t| t.len()));
+        assert_eq!(lens(), [0, 0], "checking applies nothing");
+        m.apply(0..2, Tick(1));
+        assert_eq!(lens(), [2, 0]);
+        m.apply(2..4, Tick(1));
+        assert_eq!(lens(), [3, 1], "a step across the two tables' runs");
+        m.apply(4..9, Tick(1));
+        assert_eq!(lens(), [3, 2], "a range past the end stops at it");
+        let t2 = tables.get("t2").unwrap();
+        let k = Key::from_ip(std::net::Ipv4Addr::from(11).into());
+        assert_eq!(t2.read_key(&k, DataType::Gpc0, Tick(1)), Some(11));
     }
 }

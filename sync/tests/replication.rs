@@ -237,6 +237,52 @@ async fn every_change_is_sent_when_it_happens_not_at_a_heartbeat() {
     f.stop().await;
 }
 
+/// On a node's one thread, replication shares the core with requests: a received message is
+/// applied a slice at a time, with a yield between slices, so another task on that thread sees
+/// the table grow inside a message rather than waiting for the whole of it. The peer's stats
+/// count a message only once it is wholly applied, so a table holding more entries than the
+/// contributions counted was seen between two slices of one message.
+#[tokio::test(flavor = "current_thread")]
+async fn a_large_message_is_applied_in_slices_with_other_tasks_running_between() {
+    const N: u64 = 4096;
+    let f = fleet(&["edge-1", "edge-2"]).await;
+    assert!(f.all_connected().await, "mesh up");
+    // Recorded without a yield: the sender then finds them all pending and sends full batches.
+    for k in 0..N as u32 {
+        record(&f.nodes[0], &key(k), Event::HttpReq);
+    }
+    let b = &f.nodes[1];
+    let table = b.tables.get("per_ip").unwrap();
+    let applied = || {
+        b.repl
+            .peers()
+            .iter()
+            .find(|p| p.name == "edge-1")
+            .map_or(0, |p| p.updates_received)
+    };
+    let mut inside_a_message = 0;
+    let watched = tokio::time::timeout(WAIT, async {
+        loop {
+            let (len, counted) = (table.len() as u64, applied());
+            if len > counted {
+                inside_a_message += 1;
+            }
+            if counted >= N {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(watched.is_ok(), "edge-2 got {} of {N}", applied());
+    assert_eq!(table.len() as u64, N);
+    assert!(
+        inside_a_message > 0,
+        "no task ran between two slices of a message"
+    );
+    f.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_heals_to_exact_sums() {
     let f = fleet(&["edge-1", "edge-2", "edge-3"]).await;
