@@ -11,7 +11,8 @@
 //! - `flood`: a new-connection flood refused by a connection-rate rule, with a good client from
 //!   another address; CPU per refused connection — [`flood`];
 //! - `table`: memory per entry at 1,000,000 entries, replication throughput, and the time a
-//!   restarted node takes to hold a peer's 100,000 and 1,000,000 entries — [`table`];
+//!   restarted node takes to hold a peer's 100,000 and 1,000,000 entries, and the latency of
+//!   requests to it meanwhile — [`table`];
 //! - `fleet`: three nodes under one fleet-wide limit: admitted requests for a paced client, a
 //!   concurrent burst and three clients at once, and propagation of a sticky assignment —
 //!   [`fleet`].
@@ -29,6 +30,7 @@ mod flood;
 mod http;
 mod nodes;
 mod plot;
+mod probe;
 mod procs;
 mod report;
 mod table;
@@ -53,7 +55,8 @@ usage: cargo run --release --bin bench -- [OPTIONS] [PHASE...]
 phases (default: all, in this order):
   http    keep-alive HTTP req/s, p50, p99: plain, tracking, limit firing (wrk)
   flood   new-connection flood refused by a rule: CPU per refused connection, good client
-  table   memory per entry (1M), replication throughput, resync of 100k and 1M entries
+  table   memory per entry (1M), replication throughput, resync of 100k and 1M entries,
+          request latency during a resync
   fleet   3-node fleet: admitted requests under a fleet-wide limit, sticky propagation
 
 options:

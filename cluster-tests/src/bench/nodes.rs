@@ -282,6 +282,11 @@ impl HaNode {
         self.proc.as_ref()
     }
 
+    /// The frontend's address.
+    pub(crate) fn web(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.web))
+    }
+
     /// One runtime API command.
     pub(crate) fn cli(&self, cmd: &str) -> anyhow::Result<String> {
         let mut s = UnixStream::connect(&self.sock)?;

@@ -184,15 +184,20 @@ impl CpuTimes {
 
 /// Pins this process (every thread, present and future) to `cpu`.
 pub(crate) fn pin_self(cpu: usize) -> anyhow::Result<()> {
+    pin(std::process::id(), cpu)
+}
+
+/// Pins process `pid` (every thread, present and future) to `cpu`.
+pub(crate) fn pin(pid: u32, cpu: usize) -> anyhow::Result<()> {
     let ok = Command::new("taskset")
         .args(["-a", "-p", "-c", &cpu.to_string()])
-        .arg(std::process::id().to_string())
+        .arg(pid.to_string())
         .stdout(Stdio::null())
         .status()
         .context("taskset")?
         .success();
     if !ok {
-        bail!("taskset could not pin the harness to CPU {cpu}");
+        bail!("taskset could not pin process {pid} to CPU {cpu}");
     }
     Ok(())
 }

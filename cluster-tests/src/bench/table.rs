@@ -8,6 +8,9 @@
 //!   (its only bulk path); node 2 receives them by its peers link; node 2 restarts and the clock
 //!   runs from its start until its table holds them all. Then 900,000 more keys, and node 2
 //!   restarts again. Memory per entry: node 1's resident memory growth over the 1,000,000.
+//! - Both: node 2 restarts a third time with a probe ([`super::probe`]) asking it for a local
+//!   answer every millisecond: the latency of requests to a node busy taking in a
+//!   1,000,000-entry resync, against the same node idle afterwards.
 //! - sluice: the same, except that the entries come from the feeder, an in-process replication
 //!   peer (an admin call per key would measure the admin API, not the table): it records a
 //!   request, a connection and a `gpc0` increment per key. Replication throughput is the rate at
@@ -21,8 +24,9 @@ use anyhow::Context;
 use sluice_sync::{KeyType, TableSchema};
 
 use super::nodes::{Feeder, HaNode, SluiceNode, SluiceSpec};
+use super::probe::{Latencies, Probe};
 use super::procs::{self, LOAD_CPU, PROXY_CPU};
-use super::report::note;
+use super::report::{self, note};
 use super::{Env, Figure, Goal, Report};
 
 const SMALL: u32 = 100_000;
@@ -62,6 +66,7 @@ pub(crate) async fn run(env: &Env, report: &mut Report) -> anyhow::Result<()> {
         "filling: entries written per second (sluice: feeder peer; HAProxy: runtime API)",
         "entries/s",
     );
+    let mut during = Latency::new();
 
     // sluice: node-1 and node-2 replicate with each other and with the feeder.
     {
@@ -72,7 +77,8 @@ pub(crate) async fn run(env: &Env, report: &mut Report) -> anyhow::Result<()> {
                 "[[table]]\nname = \"per_ip\"\nkey = \"ip\"\nsize = {SIZE}\nexpire = \"30m\"\nstore = [{}]\n",
                 STORE.map(|s| format!("\"{s}\"")).join(", ")
             ),
-            request_rules: vec![],
+            // The probe's local answer.
+            request_rules: vec!["deny status 403".into()],
             stick: None,
             servers: vec![("s1".into(), procs::port())],
         };
@@ -150,7 +156,7 @@ pub(crate) async fn run(env: &Env, report: &mut Report) -> anyhow::Result<()> {
             t.elapsed().as_secs_f64() * 1e3
         ));
         feeder.stop().await;
-        let r = restart_sluice(&mut n2, &n1, u64::from(SMALL)).await?;
+        let r = restart_sluice(&mut n2, &n1, u64::from(SMALL), false).await?;
         r.note("sluice", SMALL);
         resync_small.push("sluice", r.ms);
 
@@ -211,9 +217,17 @@ pub(crate) async fn run(env: &Env, report: &mut Report) -> anyhow::Result<()> {
             (rss1.saturating_sub(rss0)) as f64 / f64::from(BIG)
         ));
         mem.push("sluice", per);
-        let r = restart_sluice(&mut n2, &n1, u64::from(BIG)).await?;
+        let r = restart_sluice(&mut n2, &n1, u64::from(BIG), false).await?;
         r.note("sluice", BIG);
         resync_big.push("sluice", r.ms);
+        let r = probed(
+            n1.proc(),
+            restart_sluice(&mut n2, &n1, u64::from(BIG), true),
+        )
+        .await?;
+        let idle = Probe::start(n2.web());
+        tokio::time::sleep(IDLE).await;
+        during.push("sluice", &r, &idle.finish());
         n1.stop();
         n2.stop();
     }
@@ -221,8 +235,7 @@ pub(crate) async fn run(env: &Env, report: &mut Report) -> anyhow::Result<()> {
     // HAProxy: the same two nodes with a peers section.
     {
         let (p1, p2) = (procs::port(), procs::port());
-        let cfg = |name: &str, web: u16| {
-            let name = name.to_owned();
+        let cfg = |web: u16| {
             move |sock: &std::path::Path| {
                 format!(
                     "global\n    nbthread 1\n    maxconn 4000\n    stats socket {} mode 600 level admin\n\
@@ -230,17 +243,16 @@ pub(crate) async fn run(env: &Env, report: &mut Report) -> anyhow::Result<()> {
                      peers mypeers\n    peer n1 127.0.0.1:{p1}\n    peer n2 127.0.0.1:{p2}\n\
                      frontend fe\n    bind 127.0.0.1:{web}\n\
                      \x20   stick-table type ip size 1m expire 30m peers mypeers store {}\n\
-                     \x20   http-request track-sc0 src\n\
-                     \x20   http-request return status 200 content-type text/plain string {name}\n",
+                     \x20   http-request deny deny_status 403\n",
                     sock.display(),
                     STORE.join(",")
                 )
             }
         };
         let w1 = procs::port();
-        let mut n1 = HaNode::new(env, "n1", w1, cfg("n1", w1))?;
+        let mut n1 = HaNode::new(env, "n1", w1, cfg(w1))?;
         let w2 = procs::port();
-        let mut n2 = HaNode::new(env, "n2", w2, cfg("n2", w2))?;
+        let mut n2 = HaNode::new(env, "n2", w2, cfg(w2))?;
         n1.start()?;
         n2.start()?;
         // Let the peers connect.
@@ -255,7 +267,7 @@ pub(crate) async fn run(env: &Env, report: &mut Report) -> anyhow::Result<()> {
             wrote.as_secs_f64() * 1e3,
             d2.as_secs_f64() * 1e3
         ));
-        let r = restart_haproxy(&mut n2, &n1, u64::from(SMALL))?;
+        let r = restart_haproxy(&mut n2, &n1, u64::from(SMALL), false)?;
         r.note("haproxy", SMALL);
         resync_small.push("haproxy", r.ms);
         let t = Instant::now();
@@ -279,22 +291,41 @@ pub(crate) async fn run(env: &Env, report: &mut Report) -> anyhow::Result<()> {
             rss1 as f64 / 1048576.0
         ));
         mem.push("haproxy", per);
-        let r = restart_haproxy(&mut n2, &n1, u64::from(BIG))?;
+        let r = restart_haproxy(&mut n2, &n1, u64::from(BIG), false)?;
         r.note("haproxy", BIG);
         resync_big.push("haproxy", r.ms);
+        let r = probed(n1.proc(), async {
+            restart_haproxy(&mut n2, &n1, u64::from(BIG), true)
+        })
+        .await?;
+        let idle = Probe::start(n2.web());
+        tokio::time::sleep(IDLE).await;
+        during.push("haproxy", &r, &idle.finish());
     }
-    for f in [mem, throughput, fill_rate, resync_small, resync_big] {
+    let [p50, p99, max] = during.figures;
+    for f in [
+        mem,
+        throughput,
+        fill_rate,
+        resync_small,
+        resync_big,
+        p50,
+        p99,
+        max,
+    ] {
         report.add(f);
     }
     Ok(())
 }
 
-/// A restart: how long until the node held every entry, and the CPU both nodes spent meanwhile
-/// (they share one core, so CPU, not waiting, is what the time is made of).
+/// A restart: how long until the node held every entry, the CPU both nodes spent meanwhile
+/// (they share one core, so CPU, not waiting, is what the time is made of), and what a probe
+/// of the restarted node saw meanwhile if there was one.
 struct Resync {
     ms: f64,
     cpu_restarted_ms: f64,
     cpu_peer_ms: f64,
+    probed: Option<Latencies>,
 }
 
 impl Resync {
@@ -306,13 +337,16 @@ impl Resync {
     }
 }
 
-/// Stops `node` and starts it again, until it holds `n` entries.
+/// Stops `node` and starts it again, until it holds `n` entries; with `probe`, a probe asks it
+/// for an answer every millisecond meanwhile.
 async fn restart_sluice(
     node: &mut SluiceNode,
     peer: &SluiceNode,
     n: u64,
+    probe: bool,
 ) -> anyhow::Result<Resync> {
     node.stop();
+    let probe = probe.then(|| Probe::start(node.web()));
     let peer_cpu = peer.proc().map_or(0.0, |p| p.cpu_secs());
     let t = Instant::now();
     node.start()?;
@@ -321,12 +355,19 @@ async fn restart_sluice(
         ms: d.as_secs_f64() * 1e3,
         cpu_restarted_ms: node.proc().map_or(0.0, |p| p.cpu_secs()) * 1e3,
         cpu_peer_ms: (peer.proc().map_or(0.0, |p| p.cpu_secs()) - peer_cpu) * 1e3,
+        probed: probe.map(Probe::finish),
     })
 }
 
 /// Likewise for HAProxy.
-fn restart_haproxy(node: &mut HaNode, peer: &HaNode, n: u64) -> anyhow::Result<Resync> {
+fn restart_haproxy(
+    node: &mut HaNode,
+    peer: &HaNode,
+    n: u64,
+    probe: bool,
+) -> anyhow::Result<Resync> {
     node.stop();
+    let probe = probe.then(|| Probe::start(node.web()));
     let peer_cpu = peer.proc().map_or(0.0, |p| p.cpu_secs());
     let t = Instant::now();
     node.start()?;
@@ -335,5 +376,78 @@ fn restart_haproxy(node: &mut HaNode, peer: &HaNode, n: u64) -> anyhow::Result<R
         ms: d.as_secs_f64() * 1e3,
         cpu_restarted_ms: node.proc().map_or(0.0, |p| p.cpu_secs()) * 1e3,
         cpu_peer_ms: (peer.proc().map_or(0.0, |p| p.cpu_secs()) - peer_cpu) * 1e3,
+        probed: probe.map(Probe::finish),
     })
+}
+
+/// Runs `restart` (a restart with a probe) with `peer`, the node that sends the resync, moved to
+/// the load CPU meanwhile: with both nodes on one core, the restarted node waits for its peer's
+/// time slices, and the probe would measure the kernel's scheduler rather than the node.
+async fn probed(
+    peer: Option<&procs::Proc>,
+    restart: impl Future<Output = anyhow::Result<Resync>>,
+) -> anyhow::Result<Resync> {
+    let pid = peer.context("peer not running")?.pid();
+    procs::pin(pid, LOAD_CPU)?;
+    let r = restart.await;
+    procs::pin(pid, PROXY_CPU)?;
+    r
+}
+
+/// How long the probe of the idle node runs after a resync.
+const IDLE: Duration = Duration::from_millis(500);
+
+/// Request latency on a node while it takes in a resync: p50, p99 and the slowest.
+struct Latency {
+    figures: [Figure; 3],
+}
+
+impl Latency {
+    fn new() -> Latency {
+        let name = |what: &str| {
+            format!(
+                "resync of 1,000,000: a request to the restarted node meanwhile (one per ms), {what}"
+            )
+        };
+        Latency {
+            figures: [
+                Figure::new("table", &name("p50"), "ms").decimals(3),
+                Figure::new("table", &name("p99"), "ms")
+                    .decimals(3)
+                    .goal(Goal::RatioAtMost(1.0)),
+                Figure::new("table", &name("slowest"), "ms").decimals(3),
+            ],
+        }
+    }
+
+    /// Records what the probe saw during `r`'s resync, and notes it beside the idle node's.
+    fn push(&mut self, proxy: &str, r: &Resync, idle: &Latencies) {
+        let during = r.probed.as_ref().filter(|l| !l.ms.is_empty());
+        let Some(during) = during else {
+            note(&format!(
+                "table {proxy}: the probe got no answer during the resync"
+            ));
+            return;
+        };
+        let q = |l: &Latencies, p: f64| report::quantile(&l.ms, p);
+        let [p50, p99, max] = &mut self.figures;
+        p50.push(proxy, q(during, 0.5));
+        p99.push(proxy, q(during, 0.99));
+        max.push(proxy, q(during, 1.0));
+        note(&format!(
+            "table {proxy}: node 2 restarted, held 1000000 after {:.0} ms; probe meanwhile: {} answers ({} failed), \
+             p50 {:.3} p99 {:.3} max {:.3} ms; idle after: {} answers ({} failed), p50 {:.3} p99 {:.3} max {:.3} ms",
+            r.ms,
+            during.ms.len(),
+            during.failed,
+            q(during, 0.5),
+            q(during, 0.99),
+            q(during, 1.0),
+            idle.ms.len(),
+            idle.failed,
+            q(idle, 0.5),
+            q(idle, 0.99),
+            q(idle, 1.0),
+        ));
+    }
 }
