@@ -224,20 +224,21 @@ fn resync(c: &mut Criterion) {
         let seq = messages.len() as u64 + 1;
         messages.push(pb::Contributions { seq, tables }.encode_to_vec());
     }
+    let restarted = || {
+        let tables = Tables::new(
+            OriginName {
+                node: "restarted".into(),
+                incarnation: 2,
+            },
+            5_000,
+        );
+        tables.reconcile(vec![schema(1_000_000)]).unwrap();
+        tables
+    };
     g.throughput(criterion::Throughput::Elements(N.into()));
     g.bench_function("decode+apply 100,000 into an empty table", |b| {
         b.iter_batched(
-            || {
-                let tables = Tables::new(
-                    OriginName {
-                        node: "restarted".into(),
-                        incarnation: 2,
-                    },
-                    5_000,
-                );
-                tables.reconcile(vec![schema(1_000_000)]).unwrap();
-                tables
-            },
+            restarted,
             |tables| {
                 for m in &messages {
                     let m = pb::Contributions::decode(m.as_slice()).unwrap();
@@ -252,14 +253,7 @@ fn resync(c: &mut Criterion) {
     });
     // The part of the above a node cannot apply in slices: decoding the messages and reading
     // and checking every contribution before any is applied.
-    let tables = Tables::new(
-        OriginName {
-            node: "restarted".into(),
-            incarnation: 2,
-        },
-        5_000,
-    );
-    tables.reconcile(vec![schema(1_000_000)]).unwrap();
+    let tables = restarted();
     let mut data = Vec::new();
     g.bench_function("decode+check 100,000", |b| {
         b.iter(|| {

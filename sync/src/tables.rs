@@ -395,15 +395,19 @@ mod tests {
         TableSchema::new(name, KeyType::Ip, 100, Duration::from_secs(60), store, sync).unwrap()
     }
 
-    #[test]
-    fn reload_keeps_unchanged_tables_adds_new_drops_removed_and_refuses_changes() {
-        let tables = Tables::new(
+    fn node(name: &str) -> Tables {
+        Tables::new(
             OriginName {
-                node: "a".into(),
+                node: name.into(),
                 incarnation: 1,
             },
             5000,
-        );
+        )
+    }
+
+    #[test]
+    fn reload_keeps_unchanged_tables_adds_new_drops_removed_and_refuses_changes() {
+        let tables = node("a");
         tables
             .reconcile(vec![
                 schema("t1", &["gpc0"], true),
@@ -448,20 +452,8 @@ mod tests {
 
     #[test]
     fn digest_covers_replicated_schemas_only() {
-        let a = Tables::new(
-            OriginName {
-                node: "a".into(),
-                incarnation: 1,
-            },
-            5000,
-        );
-        let b = Tables::new(
-            OriginName {
-                node: "b".into(),
-                incarnation: 1,
-            },
-            5000,
-        );
+        let a = node("a");
+        let b = node("b");
         a.reconcile(vec![
             schema("t", &["gpc0"], true),
             schema("local", &["gpc0"], false),
@@ -471,26 +463,14 @@ mod tests {
         assert_eq!(a.digest(), b.digest());
         b.reconcile(vec![schema("t", &["gpc0", "gpc1"], true)])
             .unwrap_err();
-        let c = Tables::new(
-            OriginName {
-                node: "c".into(),
-                incarnation: 1,
-            },
-            5000,
-        );
+        let c = node("c");
         c.reconcile(vec![schema("t", &["gpc1"], true)]).unwrap();
         assert_ne!(a.digest(), c.digest());
     }
 
     #[test]
     fn a_checked_message_applies_in_steps_across_its_tables() {
-        let tables = Tables::new(
-            OriginName {
-                node: "a".into(),
-                incarnation: 1,
-            },
-            5000,
-        );
+        let tables = node("a");
         tables
             .reconcile(vec![
                 schema("t1", &["gpc0"], true),
