@@ -254,13 +254,12 @@ fn resync(c: &mut Criterion) {
     // The part of the above a node cannot apply in slices: decoding the messages and reading
     // and checking every contribution before any is applied.
     let tables = restarted();
-    let mut data = Vec::new();
     g.bench_function("decode+check 100,000", |b| {
         b.iter(|| {
             let mut n = 0;
             for m in &messages {
                 let m = pb::Contributions::decode(m.as_slice()).unwrap();
-                n += tables.check_message(&m, None, &mut data).unwrap().len();
+                n += tables.receive(&m, None).unwrap().check_all().unwrap().len();
             }
             assert_eq!(n, N as usize);
         })

@@ -47,4 +47,4 @@ pub use table::{
     Applied, Consumer, Cursor, EntryView, FeedError, OriginView, SetError, Table, TableStats,
     Tracked,
 };
-pub use tables::{CheckedMessage, MessageError, ReconcileError, Tables};
+pub use tables::{CheckedMessage, Incoming, MessageError, ReconcileError, Step, Tables};

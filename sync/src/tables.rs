@@ -12,6 +12,7 @@ use sluice_proto::sync::v1 as pb;
 
 use crate::clock::{Hlc, Tick};
 use crate::error::ContributionError;
+use crate::key::Key;
 use crate::origin::{OriginId, OriginName, Origins, OriginsFull};
 use crate::schema::TableSchema;
 use crate::table::{Listener, Table};
@@ -80,37 +81,158 @@ pub enum MessageError {
     },
 }
 
-/// A message from a peer whose every contribution passed [`Tables::check_message`]: it applies
-/// in as many steps as the caller likes, so a node can answer requests between two slices of a
-/// large message. Each contribution merges on its own, so a message applied in part (its
+/// A message from a peer being read and checked, a slice at a time ([`Tables::receive`]):
+/// nothing of it is applied until every contribution passed, so a bad one anywhere leaves the
+/// tables untouched, yet a node can answer requests between two slices of a large message.
+#[derive(Debug)]
+pub struct Incoming<'m> {
+    msg: &'m pb::Contributions,
+    /// Per table of the message: the table, the origin, how many contributions were read.
+    runs: Vec<(Arc<Table>, OriginId, usize)>,
+    /// The run being read, and where in it.
+    run: usize,
+    rest: Option<wire::ContributionIter<'m>>,
+    read: Vec<Parked<'m>>,
+    /// Every read contribution's data, in order: one vector for the whole message.
+    data: Vec<wire::Datum>,
+}
+
+/// A checked contribution whose data wait in [`Incoming::data`] until the whole message is
+/// read (they cannot be borrowed while the vector still grows).
+#[derive(Debug)]
+struct Parked<'m> {
+    key: Key,
+    raw_key: &'m [u8],
+    version: u64,
+    idle_ms: u32,
+    epoch: u64,
+    data: Range<usize>,
+}
+
+/// Where [`Incoming::check`] left a message.
+#[derive(Debug)]
+pub enum Step<'m> {
+    /// Contributions remain to be read and checked.
+    More(Incoming<'m>),
+    /// Every contribution passed.
+    Checked(CheckedMessage<'m>),
+}
+
+impl<'m> Incoming<'m> {
+    /// Reads and checks up to `n` more contributions.
+    pub fn check(mut self, n: usize) -> Result<Step<'m>, MessageError> {
+        let mut left = n;
+        while left > 0 {
+            let Some(((table, _, count), tc)) = self
+                .runs
+                .get_mut(self.run)
+                .zip(self.msg.tables.get(self.run))
+            else {
+                break;
+            };
+            let Some(r) = self.rest.get_or_insert_with(|| tc.contributions()).next() else {
+                self.run += 1;
+                self.rest = None;
+                continue;
+            };
+            let malformed = |source| MessageError::Malformed {
+                table: table.name().to_owned(),
+                source,
+            };
+            let r = r.map_err(malformed)?;
+            let start = self.data.len();
+            for d in r.data() {
+                self.data.push(d.map_err(malformed)?);
+            }
+            let c = wire::Contribution {
+                key: r.key,
+                version: r.version,
+                idle_ms: r.idle_ms,
+                epoch: r.epoch,
+                data: self.data.get(start..).unwrap_or_default(),
+            };
+            let key = wire::check(c, table.schema())
+                .map_err(|source| MessageError::Contribution {
+                    table: table.name().to_owned(),
+                    source,
+                })?
+                .into_key();
+            self.read.push(Parked {
+                key,
+                raw_key: r.key,
+                version: r.version,
+                idle_ms: r.idle_ms,
+                epoch: r.epoch,
+                data: start..self.data.len(),
+            });
+            *count += 1;
+            left -= 1;
+        }
+        Ok(if self.run < self.runs.len() {
+            Step::More(self)
+        } else {
+            Step::Checked(CheckedMessage {
+                runs: self.runs,
+                read: self.read,
+                data: self.data,
+            })
+        })
+    }
+
+    /// Reads and checks every contribution left.
+    pub fn check_all(mut self) -> Result<CheckedMessage<'m>, MessageError> {
+        loop {
+            match self.check(usize::MAX)? {
+                Step::Checked(m) => return Ok(m),
+                Step::More(rest) => self = rest,
+            }
+        }
+    }
+}
+
+/// A message from a peer whose every contribution passed: it applies in as many steps as the
+/// caller likes. Each contribution merges on its own, so a message applied in part (its
 /// session ended halfway) leaves the tables as if the peer had sent only that part.
 #[derive(Debug)]
-pub struct CheckedMessage<'a> {
-    /// Consecutive runs of contributions: their table, their origin, how many.
+pub struct CheckedMessage<'m> {
     runs: Vec<(Arc<Table>, OriginId, usize)>,
-    checked: Vec<wire::Checked<'a>>,
+    read: Vec<Parked<'m>>,
+    data: Vec<wire::Datum>,
 }
 
 impl CheckedMessage<'_> {
     /// How many contributions it holds.
     pub fn len(&self) -> usize {
-        self.checked.len()
+        self.read.len()
     }
 
     /// Whether it holds none.
     pub fn is_empty(&self) -> bool {
-        self.checked.is_empty()
+        self.read.is_empty()
     }
 
     /// Applies the contributions at positions `range` of the message.
     pub fn apply(&self, range: Range<usize>, now: Tick) {
+        let mut run = Vec::new();
         let mut start = 0;
         for (table, origin, n) in &self.runs {
             let end = start + n;
-            let (lo, hi) = (range.start.max(start), range.end.min(end));
-            if let Some(run) = self.checked.get(lo..hi) {
-                table.apply_all(*origin, run, now);
-            }
+            let Some(parked) = self.read.get(range.start.max(start)..range.end.min(end)) else {
+                start = end;
+                continue;
+            };
+            run.clear();
+            run.extend(parked.iter().map(|p| {
+                let c = wire::Contribution {
+                    key: p.raw_key,
+                    version: p.version,
+                    idle_ms: p.idle_ms,
+                    epoch: p.epoch,
+                    data: self.data.get(p.data.clone()).unwrap_or_default(),
+                };
+                wire::Checked::trusted(p.key.clone(), c)
+            }));
+            table.apply_all(*origin, &run, now);
             start = end;
         }
     }
@@ -172,23 +294,20 @@ impl Tables {
         live: Option<&OriginName>,
         now: Tick,
     ) -> Result<usize, MessageError> {
-        let mut data = Vec::new();
-        let m = self.check_message(msg, live, &mut data)?;
+        let m = self.receive(msg, live)?.check_all()?;
         m.apply(0..m.len(), now);
         Ok(m.len())
     }
 
-    /// Reads and checks every contribution of a message from a peer, applying nothing: the
-    /// [`CheckedMessage`] it returns cannot fail to apply. `live` (the sender) is set for live
-    /// batches, which may carry only the sender's own contributions; snapshots carry every
-    /// origin's. The contributions' data are read into `data` (cleared first), one vector for
-    /// the whole message, so reading allocates nothing per contribution.
-    pub fn check_message<'a>(
+    /// Starts reading a message of contributions from a peer: checks its tables and origins,
+    /// then [`Incoming::check`] reads and checks its contributions. `live` (the sender) is set
+    /// for live batches, which may carry only the sender's own contributions; snapshots carry
+    /// every origin's.
+    pub fn receive<'m>(
         &self,
-        msg: &'a pb::Contributions,
+        msg: &'m pb::Contributions,
         live: Option<&OriginName>,
-        data: &'a mut Vec<wire::Datum>,
-    ) -> Result<CheckedMessage<'a>, MessageError> {
+    ) -> Result<Incoming<'m>, MessageError> {
         let mut runs = Vec::with_capacity(msg.tables.len());
         for tc in &msg.tables {
             let table = self
@@ -212,49 +331,17 @@ impl Tables {
                 });
             }
             let id = self.origins.intern(&origin)?;
-            runs.push((table, id, tc.len()));
+            runs.push((table, id, 0));
         }
-        let total = msg.tables.iter().map(|t| t.len()).sum();
-        let mut read = Vec::with_capacity(total);
-        data.clear();
-        data.reserve(total * 2);
-        for (tc, (table, _, _)) in msg.tables.iter().zip(&runs) {
-            let malformed = |source| MessageError::Malformed {
-                table: table.name().to_owned(),
-                source,
-            };
-            for r in tc.contributions() {
-                let r = r.map_err(malformed)?;
-                let start = data.len();
-                for d in r.data() {
-                    data.push(d.map_err(malformed)?);
-                }
-                read.push((r, start..data.len()));
-            }
-        }
-        // Only now that `data` is complete can contributions borrow their slices of it.
-        let data: &'a [wire::Datum] = data;
-        let mut checked = Vec::with_capacity(total);
-        let mut read = read.into_iter();
-        for (table, _, n) in &runs {
-            for (r, span) in read.by_ref().take(*n) {
-                let c = wire::Contribution {
-                    key: r.key,
-                    version: r.version,
-                    idle_ms: r.idle_ms,
-                    epoch: r.epoch,
-                    data: data.get(span).unwrap_or_default(),
-                };
-                let c = wire::check(c, table.schema()).map_err(|source| {
-                    MessageError::Contribution {
-                        table: table.name().to_owned(),
-                        source,
-                    }
-                })?;
-                checked.push(c);
-            }
-        }
-        Ok(CheckedMessage { runs, checked })
+        let total: usize = msg.tables.iter().map(|t| t.len()).sum();
+        Ok(Incoming {
+            msg,
+            runs,
+            run: 0,
+            rest: None,
+            read: Vec::with_capacity(total),
+            data: Vec::with_capacity(total * 2),
+        })
     }
 
     /// The replicated tables (`sync = true`), by name.
@@ -500,8 +587,17 @@ mod tests {
             seq: 1,
             tables: vec![run("t1", "b", 0..3), run("t2", "c", 10..12)],
         };
-        let mut data = Vec::new();
-        let m = tables.check_message(&msg, None, &mut data).unwrap();
+        // Read and checked two at a time, across the two tables' runs.
+        let mut incoming = tables.receive(&msg, None).unwrap();
+        let mut steps = 0;
+        let m = loop {
+            steps += 1;
+            match incoming.check(2).unwrap() {
+                Step::More(rest) => incoming = rest,
+                Step::Checked(m) => break m,
+            }
+        };
+        assert_eq!(steps, 3);
         assert_eq!(m.len(), 5);
         let lens = || ["t1", "t2"].map(|t| tables.get(t).map_or(0, |t| t.len()));
         assert_eq!(lens(), [0, 0], "checking applies nothing");
@@ -514,5 +610,46 @@ mod tests {
         let t2 = tables.get("t2").unwrap();
         let k = Key::from_ip(std::net::Ipv4Addr::from(11).into());
         assert_eq!(t2.read_key(&k, DataType::Gpc0, Tick(1)), Some(11));
+    }
+
+    #[test]
+    fn a_bad_contribution_read_in_the_last_step_applies_nothing() {
+        let tables = node("a");
+        tables
+            .reconcile(vec![schema("t1", &["gpc0"], true)])
+            .unwrap();
+        let mut tc = pb::TableContributions::new(
+            "t1",
+            pb::Origin {
+                node: "b".into(),
+                incarnation: 1,
+            },
+        );
+        let gpc0 = pb::Datum {
+            r#type: DataType::Gpc0.wire(),
+            value: 1,
+            ..Default::default()
+        };
+        for k in 0..4u32 {
+            let key = Key::from_ip(std::net::Ipv4Addr::from(k).into());
+            tc.push(key.as_bytes(), 1, 0, 0, std::slice::from_ref(&gpc0));
+        }
+        // Version 0 is never valid.
+        let key = Key::from_ip(std::net::Ipv4Addr::from(9).into());
+        tc.push(key.as_bytes(), 0, 0, 0, std::slice::from_ref(&gpc0));
+        let msg = pb::Contributions {
+            seq: 1,
+            tables: vec![tc],
+        };
+        let mut incoming = tables.receive(&msg, None).unwrap();
+        let err = loop {
+            match incoming.check(2) {
+                Ok(Step::More(rest)) => incoming = rest,
+                Ok(Step::Checked(_)) => panic!("a message with a bad contribution passed"),
+                Err(e) => break e,
+            }
+        };
+        assert!(err.to_string().contains("table `t1`"), "{err}");
+        assert!(tables.get("t1").unwrap().is_empty(), "nothing applied");
     }
 }

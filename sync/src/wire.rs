@@ -3,7 +3,7 @@
 //! where a contribution received from a peer becomes trusted. Every field is checked against
 //! the table's schema, so applying a [`Checked`] contribution cannot fail.
 
-pub use sluice_proto::sync::v1::{ContributionRef, Datum, TableContributions};
+pub use sluice_proto::sync::v1::{ContributionIter, ContributionRef, Datum, TableContributions};
 
 use crate::error::ContributionError;
 use crate::key::Key;
@@ -44,7 +44,19 @@ pub struct Checked<'a> {
     c: Contribution<'a>,
 }
 
-impl Checked<'_> {
+impl<'a> Checked<'a> {
+    /// A contribution [`check`] passed, put back together from its parts: a receiver keeps
+    /// the checked key and the contribution's data apart while it reads the rest of a message.
+    /// `c` must be the contribution that was checked, with the same data.
+    pub(crate) fn trusted(key: Key, c: Contribution<'a>) -> Checked<'a> {
+        Checked { key, c }
+    }
+
+    /// The checked key, the rest let go.
+    pub(crate) fn into_key(self) -> Key {
+        self.key
+    }
+
     /// The entry's key.
     pub fn key(&self) -> &Key {
         &self.key

@@ -100,9 +100,9 @@ const MAX_CHUNK: usize = 4096;
 /// and turn every snapshot into a string of window updates.
 const H2_STREAM_WINDOW: u32 = 8 << 20;
 const H2_CONNECTION_WINDOW: u32 = 16 << 20;
-/// Most contributions of a received message applied between two yields: about 50–100 µs of
-/// a node's thread, which requests arriving meanwhile wait for.
-const APPLY_SLICE: usize = 256;
+/// Most contributions of a received message checked, or applied, between two yields: some
+/// tens of µs of a node's thread, which requests arriving meanwhile wait for.
+const SLICE: usize = 256;
 /// Most contributions a peer may put in one message before it is refused.
 const MAX_MESSAGE_CONTRIBUTIONS: usize = 16 * MAX_BATCH;
 /// Messages queued towards one peer's stream.

@@ -20,10 +20,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::stats::PeerStats;
-use super::{APPLY_SLICE, MAX_BATCH, MAX_CHUNK, MAX_MESSAGE_CONTRIBUTIONS, Shared};
+use super::{MAX_BATCH, MAX_CHUNK, MAX_MESSAGE_CONTRIBUTIONS, SLICE, Shared};
 use crate::origin::OriginName;
 use crate::table::{Consumer, Cursor, Table};
-use crate::wire;
+use crate::tables::Step;
 
 /// Unacknowledged messages of contributions before changes start to gather.
 const WINDOW: u64 = 2;
@@ -406,7 +406,6 @@ async fn receive(
         return End::Failed("too many origins".into());
     };
     let started = Instant::now();
-    let mut data = Vec::new();
     loop {
         let msg = match tokio::time::timeout(shared.cfg.dead_after, inbound.message()).await {
             Err(_) => return End::Failed(format!("peer silent for {:?}", shared.cfg.dead_after)),
@@ -417,13 +416,13 @@ async fn receive(
         origins.heard(peer_id, shared.clock.tick());
         match msg.body {
             Some(Body::Batch(c)) => {
-                if let Err(why) = apply(shared, stats, &c, Some(peer), &mut data).await {
+                if let Err(why) = apply(shared, stats, &c, Some(peer)).await {
                     return End::Failed(why);
                 }
                 ack(&to_ack, c.seq).await;
             }
             Some(Body::Snapshot(c)) => {
-                if let Err(why) = apply(shared, stats, &c, None, &mut data).await {
+                if let Err(why) = apply(shared, stats, &c, None).await {
                     return End::Failed(why);
                 }
                 ack(&to_ack, c.seq).await;
@@ -458,15 +457,15 @@ async fn ack(to_ack: &watch::Sender<u64>, seq: u64) {
 }
 
 /// Checks a whole message against the tables, then applies it: a bad contribution anywhere
-/// applies nothing. `live` messages must carry only the sender's own contributions. A message
-/// is applied [`APPLY_SLICE`] contributions at a time with a yield in between, so on a node's
-/// one thread the requests that arrive meanwhile wait for a slice, not for the whole message.
+/// applies nothing. `live` messages must carry only the sender's own contributions. Both the
+/// checking and the applying go [`SLICE`] contributions at a time with a yield in between, so
+/// on a node's one thread the requests that arrive meanwhile wait for a slice, not for the
+/// whole message.
 async fn apply(
     shared: &Shared,
     stats: &PeerStats,
     c: &pb::Contributions,
     live: Option<&OriginName>,
-    data: &mut Vec<wire::Datum>,
 ) -> Result<(), String> {
     let total: usize = c.tables.iter().map(|t| t.len()).sum();
     if total > MAX_MESSAGE_CONTRIBUTIONS {
@@ -474,14 +473,18 @@ async fn apply(
             "{total} contributions in one message (at most {MAX_MESSAGE_CONTRIBUTIONS})"
         ));
     }
-    let m = shared
-        .tables
-        .check_message(c, live, data)
-        .map_err(|e| e.to_string())?;
+    let mut incoming = shared.tables.receive(c, live).map_err(|e| e.to_string())?;
+    let m = loop {
+        match incoming.check(SLICE).map_err(|e| e.to_string())? {
+            Step::Checked(m) => break m,
+            Step::More(rest) => incoming = rest,
+        }
+        tokio::task::yield_now().await;
+    };
     let mut at = 0;
     while at < m.len() {
         tokio::task::yield_now().await;
-        let end = m.len().min(at + APPLY_SLICE);
+        let end = m.len().min(at + SLICE);
         m.apply(at..end, shared.clock.tick());
         at = end;
     }
