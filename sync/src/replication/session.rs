@@ -481,9 +481,13 @@ async fn apply(
         }
         tokio::task::yield_now().await;
     };
+    // A message of one slice (every live change that propagates alone) is checked and
+    // applied at once: a yield would only queue it behind the node's other tasks.
     let mut at = 0;
     while at < m.len() {
-        tokio::task::yield_now().await;
+        if m.len() > SLICE {
+            tokio::task::yield_now().await;
+        }
         let end = m.len().min(at + SLICE);
         m.apply(at..end, shared.clock.tick());
         at = end;
