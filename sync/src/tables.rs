@@ -334,13 +334,21 @@ impl Tables {
             runs.push((table, id, 0));
         }
         let total: usize = msg.tables.iter().map(|t| t.len()).sum();
+        // A contribution carries each stored type at most once (more fails its check), so
+        // this is room for every datum of a valid message: the vector never moves.
+        let data: usize = msg
+            .tables
+            .iter()
+            .zip(&runs)
+            .map(|(tc, (table, _, _))| tc.len() * table.schema().store.len())
+            .sum();
         Ok(Incoming {
             msg,
             runs,
             run: 0,
             rest: None,
             read: Vec::with_capacity(total),
-            data: Vec::with_capacity(total * 2),
+            data: Vec::with_capacity(data),
         })
     }
 
