@@ -220,14 +220,14 @@ pub(crate) async fn run(env: &Env, report: &mut Report) -> anyhow::Result<()> {
         let r = restart_sluice(&mut n2, &n1, u64::from(BIG), false).await?;
         r.note("sluice", BIG);
         resync_big.push("sluice", r.ms);
-        let r = probed(
+        let web = n2.web();
+        let (r, idle) = probed(
             n1.proc(),
+            web,
             restart_sluice(&mut n2, &n1, u64::from(BIG), true),
         )
         .await?;
-        let idle = Probe::start(n2.web());
-        tokio::time::sleep(IDLE).await;
-        during.push("sluice", &r, &idle.finish());
+        during.push("sluice", &r, &idle);
         n1.stop();
         n2.stop();
     }
@@ -294,13 +294,12 @@ pub(crate) async fn run(env: &Env, report: &mut Report) -> anyhow::Result<()> {
         let r = restart_haproxy(&mut n2, &n1, u64::from(BIG), false)?;
         r.note("haproxy", BIG);
         resync_big.push("haproxy", r.ms);
-        let r = probed(n1.proc(), async {
+        let web = n2.web();
+        let (r, idle) = probed(n1.proc(), web, async {
             restart_haproxy(&mut n2, &n1, u64::from(BIG), true)
         })
         .await?;
-        let idle = Probe::start(n2.web());
-        tokio::time::sleep(IDLE).await;
-        during.push("haproxy", &r, &idle.finish());
+        during.push("haproxy", &r, &idle);
     }
     let [p50, p99, max] = during.figures;
     for f in [
@@ -382,19 +381,24 @@ fn restart_haproxy(
 
 /// Runs `restart` (a restart with a probe) with `peer`, the node that sends the resync, moved to
 /// the load CPU meanwhile: with both nodes on one core, the restarted node waits for its peer's
-/// time slices, and the probe would measure the kernel's scheduler rather than the node.
+/// time slices, and the probe would measure the kernel's scheduler rather than the node. Then
+/// probes the restarted node, at `web`, idle for [`IDLE`].
 async fn probed(
     peer: Option<&procs::Proc>,
+    web: std::net::SocketAddr,
     restart: impl Future<Output = anyhow::Result<Resync>>,
-) -> anyhow::Result<Resync> {
+) -> anyhow::Result<(Resync, Latencies)> {
     let pid = peer.context("peer not running")?.pid();
     procs::pin(pid, LOAD_CPU)?;
     let r = restart.await;
     procs::pin(pid, PROXY_CPU)?;
-    r
+    let r = r?;
+    let idle = Probe::start(web);
+    tokio::time::sleep(IDLE).await;
+    Ok((r, idle.finish()))
 }
 
-/// How long the probe of the idle node runs after a resync.
+/// How long the probe of the idle node runs after a resync: the measurement's length.
 const IDLE: Duration = Duration::from_millis(500);
 
 /// Request latency on a node while it takes in a resync: p50, p99 and the slowest.
