@@ -202,12 +202,39 @@ impl<'a> Iterator for ContributionIter<'a> {
     type Item = Result<ContributionRef<'a>, DecodeError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        self.next_by(|_| Ok(()))
+    }
+}
+
+impl<'a> ContributionIter<'a> {
+    /// The next contribution, its data decoded onto the end of `data` as they are read: a
+    /// receiver that wants every datum reads each contribution once instead of twice. When the
+    /// item is an error, `data` is as it was.
+    pub fn next_with_data(
+        &mut self,
+        data: &mut Vec<Datum>,
+    ) -> Option<Result<ContributionRef<'a>, DecodeError>> {
+        let start = data.len();
+        let item = self.next_by(|body| {
+            data.push(datum(body)?);
+            Ok(())
+        });
+        if matches!(item, Some(Err(_))) {
+            data.truncate(start);
+        }
+        item
+    }
+
+    fn next_by(
+        &mut self,
+        on_datum: impl FnMut(&'a [u8]) -> Result<(), DecodeError>,
+    ) -> Option<Result<ContributionRef<'a>, DecodeError>> {
         if self.rest.is_empty() {
             return None;
         }
         let item = key(&mut self.rest)
             .and_then(|(tag, wt)| delimited(&mut self.rest, tag, wt))
-            .and_then(ContributionRef::parse);
+            .and_then(|body| ContributionRef::parse(body, on_datum));
         if item.is_err() {
             // The rest cannot be framed past a malformed item.
             self.rest = &[];
@@ -217,7 +244,8 @@ impl<'a> Iterator for ContributionIter<'a> {
 }
 
 /// A `sluice.sync.v1.Contribution` read in place: the key borrows the message's bytes and the
-/// data are decoded one at a time by [`ContributionRef::data`].
+/// data are decoded one at a time by [`ContributionRef::data`] (or while it is read, by
+/// [`ContributionIter::next_with_data`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ContributionRef<'a> {
     /// The entry's key.
@@ -232,7 +260,11 @@ pub struct ContributionRef<'a> {
 }
 
 impl<'a> ContributionRef<'a> {
-    fn parse(mut buf: &'a [u8]) -> Result<ContributionRef<'a>, DecodeError> {
+    /// Reads a contribution's fields, handing each datum's body to `on_datum` in order.
+    fn parse(
+        mut buf: &'a [u8],
+        mut on_datum: impl FnMut(&'a [u8]) -> Result<(), DecodeError>,
+    ) -> Result<ContributionRef<'a>, DecodeError> {
         let mut c = ContributionRef::default();
         let mut data: Option<(usize, usize)> = None;
         let whole = buf;
@@ -247,7 +279,7 @@ impl<'a> ContributionRef<'a> {
                     // The data fields may be interleaved with others: remember the span from
                     // the first to the last and skip the others when reading them.
                     let start = whole.len() - buf.len() - encoding::key_len(tag);
-                    delimited(&mut buf, tag, wt)?;
+                    on_datum(delimited(&mut buf, tag, wt)?)?;
                     let end = whole.len() - buf.len();
                     data = Some((data.map_or(start, |d| d.0), end));
                 }
@@ -323,14 +355,22 @@ fn delimited<'a>(buf: &mut &'a [u8], tag: u32, wt: WireType) -> Result<&'a [u8],
 }
 
 /// Decodes a `Datum` (all its fields are varints) without the generic message machinery.
+#[inline]
 fn datum(mut buf: &[u8]) -> Result<Datum, DecodeError> {
     let mut d = Datum::default();
-    while !buf.is_empty() {
-        let (tag, wt) = key(&mut buf)?;
-        if !(1..=7).contains(&tag) {
-            encoding::skip_field(wt, tag, &mut buf, DecodeContext::default())?;
-            continue;
-        }
+    while let Some((&k, rest)) = buf.split_first() {
+        // Bits 3–5 alone: a one-byte key of varint fields 1–7, every field a `Datum` has.
+        let (tag, wt) = if k & !0x38 == 0 && k != 0 {
+            buf = rest;
+            (u32::from(k >> 3), WireType::Varint)
+        } else {
+            let (tag, wt) = key(&mut buf)?;
+            if !(1..=7).contains(&tag) {
+                encoding::skip_field(wt, tag, &mut buf, DecodeContext::default())?;
+                continue;
+            }
+            (tag, wt)
+        };
         let v = varint(&mut buf, wt)?;
         // Truncating casts are what protobuf does for 32-bit fields.
         match tag {
@@ -460,7 +500,23 @@ mod tests {
             let chained = Contributions::decode(bytes[..cut].chain(&bytes[cut..])).expect("decodes");
             prop_assert_eq!(&chained, &msg);
             prop_assert_eq!(back.tables[0].len(), cs.len());
-            prop_assert_eq!(read(&back.tables[0]), cs);
+            prop_assert_eq!(read(&back.tables[0]), cs.clone());
+            // Read once, data onto one vector: the same contributions and data.
+            let mut it = back.tables[0].contributions();
+            let mut data = Vec::new();
+            let mut spans = Vec::new();
+            while let Some(c) = it.next_with_data(&mut data) {
+                let c = c.expect("well-formed");
+                spans.push((c.key.to_vec(), c.version, data.len()));
+            }
+            let mut from = 0;
+            for ((key, version, to), c) in spans.into_iter().zip(&cs) {
+                prop_assert_eq!(&key, &c.key);
+                prop_assert_eq!(version, c.version);
+                prop_assert_eq!(&data[from..to], &c.data[..]);
+                from = to;
+            }
+            prop_assert_eq!(from, data.len());
         }
 
         /// Any bytes at all: decoding and reading fail cleanly or succeed, never panic.
@@ -472,8 +528,44 @@ mod tests {
                         let _ = d;
                     }
                 }
+                let mut it = tc.contributions();
+                let mut data = Vec::new();
+                while let Some(c) = it.next_with_data(&mut data) {
+                    let _ = c;
+                }
             }
         }
+    }
+
+    /// One contribution framed as field 3 of a `TableContributions`, decoded.
+    fn one(body: &[u8]) -> TableContributions {
+        let mut msg = Vec::new();
+        encoding::encode_key(CONTRIBUTIONS, WireType::LengthDelimited, &mut msg);
+        encoding::encode_varint(body.len() as u64, &mut msg);
+        msg.extend_from_slice(body);
+        TableContributions::decode(msg.as_slice()).expect("framing is sound")
+    }
+
+    #[test]
+    fn a_datum_with_a_long_key_or_a_wrong_wire_type_takes_the_slow_path() {
+        // Field 1 (type) with its key as two bytes (a valid, non-minimal varint), then value 6.
+        let long = [0x88, 0x00, 3, (3 << 3) as u8, 8];
+        let mut body = Vec::new();
+        encoding::bytes::encode(DATA, &long.to_vec(), &mut body);
+        let tc = one(&body);
+        let mut data = Vec::new();
+        let c = tc.contributions().next_with_data(&mut data);
+        assert!(matches!(c, Some(Ok(_))));
+        assert_eq!(data, vec![datum(DataType::Gpc0, 4, 0)]);
+        // Field 1 as length-delimited: refused, and the data read before it are taken back.
+        let mut body = Vec::new();
+        encoding::message::encode(DATA, &datum(DataType::Gpc0, 4, 0), &mut body);
+        encoding::bytes::encode(DATA, &vec![(1 << 3 | 2) as u8, 1, 0], &mut body);
+        let tc = one(&body);
+        let mut data = vec![datum(DataType::Gpc1, 1, 0)];
+        let c = tc.contributions().next_with_data(&mut data);
+        assert!(matches!(c, Some(Err(_))));
+        assert_eq!(data, vec![datum(DataType::Gpc1, 1, 0)]);
     }
 
     #[test]

@@ -130,20 +130,17 @@ impl<'m> Incoming<'m> {
             else {
                 break;
             };
-            let Some(r) = self.rest.get_or_insert_with(|| tc.contributions()).next() else {
+            let start = self.data.len();
+            let rest = self.rest.get_or_insert_with(|| tc.contributions());
+            let Some(r) = rest.next_with_data(&mut self.data) else {
                 self.run += 1;
                 self.rest = None;
                 continue;
             };
-            let malformed = |source| MessageError::Malformed {
+            let r = r.map_err(|source| MessageError::Malformed {
                 table: table.name().to_owned(),
                 source,
-            };
-            let r = r.map_err(malformed)?;
-            let start = self.data.len();
-            for d in r.data() {
-                self.data.push(d.map_err(malformed)?);
-            }
+            })?;
             let c = wire::Contribution {
                 key: r.key,
                 version: r.version,
