@@ -25,12 +25,48 @@ const FLUSH_GRACE: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub(crate) struct Cluster {
     replicator: Option<Replicator>,
+    sync_thread: Option<SyncThread>,
     identity: Option<Arc<Identity>>,
     admin_addr: Option<SocketAddr>,
     ready: watch::Receiver<bool>,
     tables: Arc<Tables>,
     token: CancellationToken,
     tracker: TaskTracker,
+}
+
+/// Replication's own thread, with a single-threaded runtime of its own.
+///
+/// On the node's runtime, a message from a peer waited behind every request task that was
+/// ready before it, and on a busy node those requests were judged against counts that the
+/// message would have raised. On its own thread, replication is woken by the kernel when a
+/// peer's bytes arrive and applies them while requests are served, and a sender runs as soon
+/// as a change wakes it; replication's I/O never runs on a proxy worker.
+#[derive(Debug)]
+struct SyncThread {
+    runtime: tokio::runtime::Handle,
+    /// Ends the thread (its runtime and any task still on it).
+    exit: CancellationToken,
+}
+
+impl SyncThread {
+    fn start() -> std::io::Result<SyncThread> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let runtime = rt.handle().clone();
+        let exit = CancellationToken::new();
+        let ended = exit.clone();
+        std::thread::Builder::new()
+            .name("sluice-sync".into())
+            .spawn(move || rt.block_on(ended.cancelled()))?;
+        Ok(SyncThread { runtime, exit })
+    }
+}
+
+impl Drop for SyncThread {
+    fn drop(&mut self) {
+        self.exit.cancel();
+    }
 }
 
 fn tls_paths(t: &ClusterTlsConfig) -> TlsPaths {
@@ -51,7 +87,7 @@ impl Cluster {
     ) -> Result<Cluster, NodeError> {
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let replicator = match (&config.sync, &config.tls, &config.node.state_dir) {
+        let started_sync = match (&config.sync, &config.tls, &config.node.state_dir) {
             (Some(s), Some(tls), Some(state_dir)) => {
                 let cfg = ReplicationConfig {
                     listen: s.listen,
@@ -66,10 +102,15 @@ impl Cluster {
                     state_dir: state_dir.clone(),
                     tls: tls_paths(tls),
                 };
-                let r = Replicator::start(cfg, tables.clone(), clock, token.clone())
+                let thread = SyncThread::start()
+                    .map_err(|e| NodeError::Cluster(format!("replication thread: {e}")))?;
+                let r = thread
+                    .runtime
+                    .spawn(Replicator::start(cfg, tables.clone(), clock, token.clone()))
                     .await
+                    .map_err(|e| NodeError::Cluster(format!("replication: {e}")))?
                     .map_err(|e| NodeError::Cluster(format!("replication: {e}")))?;
-                Some(r)
+                Some((r, thread))
             }
             // Config validation requires [tls] and node.state_dir with [sync].
             (Some(_), _, _) => {
@@ -79,6 +120,7 @@ impl Cluster {
             }
             (None, _, _) => None,
         };
+        let (replicator, sync_thread) = started_sync.unzip();
         let identity = match (&replicator, &config.tls) {
             (Some(r), _) => Some(r.identity()),
             (None, Some(tls))
@@ -130,6 +172,7 @@ impl Cluster {
         }
         Ok(Cluster {
             replicator,
+            sync_thread,
             identity,
             admin_addr,
             ready,
@@ -203,6 +246,9 @@ impl Cluster {
         }
         self.tracker.close();
         let _ = tokio::time::timeout(FLUSH_GRACE, self.tracker.wait()).await;
+        if let Some(t) = &self.sync_thread {
+            t.exit.cancel();
+        }
     }
 
     /// Table and replication metrics, Prometheus text.

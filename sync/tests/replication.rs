@@ -452,6 +452,64 @@ async fn a_node_added_at_runtime_gets_the_table_and_live_updates_until_removed()
     f.stop().await;
 }
 
+/// A node runs replication on a thread and runtime of its own: a peer added by a call made on
+/// another runtime (the admin API's), one that is gone right after the call, is still dialed,
+/// because replication's tasks run where replication was started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_added_from_another_runtime_is_dialed_on_replications_own() {
+    let dir = TempDir::new().unwrap();
+    let ca = Ca::new(&dir.path().join("certs"), "one");
+    let own = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let handle = own.handle().clone();
+    let end = tokio_util::sync::CancellationToken::new();
+    let ended = end.clone();
+    let thread = std::thread::spawn(move || own.block_on(ended.cancelled()));
+    let spec = |name: &'static str, peers: Vec<(String, String)>| NodeSpec {
+        name,
+        listen: free_addr(),
+        peers,
+        tls: ca.node(name),
+        state_dir: dir.path().join(name),
+        schemas: schemas(),
+    };
+    // edge-2 knows edge-1 but never dials it: edge-1 sorts first, so it is the one that dials,
+    // once it has been told of edge-2.
+    let a = handle
+        .spawn(TestNode::start(spec("edge-1", vec![])))
+        .await
+        .unwrap();
+    let b = TestNode::start(spec(
+        "edge-2",
+        vec![("edge-1".into(), a.listen.to_string())],
+    ))
+    .await;
+    let repl = a.repl.clone();
+    let addr = b.listen.to_string();
+    std::thread::spawn(move || {
+        let caller = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        caller.block_on(async { repl.add_peer("edge-2", &addr) })
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    assert!(
+        eventually(WAIT, || a.peer_up("edge-2") && b.peer_up("edge-1")).await,
+        "the session comes up though the runtime that asked for it is gone"
+    );
+    record(&b, &key(1), Event::IncGpc0(4));
+    assert!(eventually(WAIT, || read(&a, &key(1), D::Gpc0) == Some(4)).await);
+    a.stop().await;
+    b.stop().await;
+    end.cancel();
+    thread.join().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_without_a_fleet_certificate_for_their_name_are_refused() {
     let dir = TempDir::new().unwrap();

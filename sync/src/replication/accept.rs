@@ -30,7 +30,7 @@ pub(super) fn spawn(shared: Arc<Shared>, listener: TcpListener) {
     let (tx, rx) = mpsc::channel::<Result<TlsStream<TcpStream>, std::io::Error>>(64);
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     let s = shared.clone();
-    shared.tracker.spawn(async move {
+    shared.spawn(async move {
         loop {
             let permit = tokio::select! {
                 _ = s.cancel.cancelled() => return,
@@ -49,7 +49,7 @@ pub(super) fn spawn(shared: Arc<Shared>, listener: TcpListener) {
             };
             let acceptor = TlsAcceptor::from(s.identity.server_config());
             let tx = tx.clone();
-            s.tracker.spawn(async move {
+            s.spawn(async move {
                 let _permit = permit;
                 let _ = tcp.set_nodelay(true);
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -67,7 +67,7 @@ pub(super) fn spawn(shared: Arc<Shared>, listener: TcpListener) {
     })
     .max_decoding_message_size(64 << 20);
     let s = shared.clone();
-    shared.tracker.spawn(async move {
+    shared.spawn(async move {
         let result = tonic::transport::Server::builder()
             .initial_stream_window_size(super::H2_STREAM_WINDOW)
             .initial_connection_window_size(super::H2_CONNECTION_WINDOW)
@@ -191,7 +191,7 @@ impl Replication for Acceptor {
         };
         let span = tracing::info_span!("peer", peer.name = %hello.node, dir = "in");
         tracing::info!(parent: &span, incarnation = hello.incarnation, "session established");
-        shared.tracker.spawn(tracing::Instrument::instrument(
+        shared.spawn(tracing::Instrument::instrument(
             async move {
                 match session.run().await {
                     End::Cancelled => {}

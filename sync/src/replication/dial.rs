@@ -36,7 +36,7 @@ const RESTART_POLL: Duration = Duration::from_millis(5);
 
 pub(super) fn spawn(shared: Arc<Shared>, name: String, addr: String, cancel: CancellationToken) {
     let s = shared.clone();
-    shared.tracker.spawn(async move {
+    shared.spawn(async move {
         let span = tracing::info_span!("peer", peer.name = %name, peer.addr = %addr, dir = "out");
         tracing::Instrument::instrument(dial_loop(s, name, addr, cancel), span).await
     });

@@ -140,6 +140,9 @@ pub(crate) struct Shared {
     ready: watch::Sender<bool>,
     next_session: std::sync::atomic::AtomicU64,
     tracker: TaskTracker,
+    /// The runtime [`Replicator::start`] ran on: every replication task runs there, even one
+    /// started by a call from another runtime (an admin `peer add`).
+    runtime: tokio::runtime::Handle,
     cancel: CancellationToken,
 }
 
@@ -208,6 +211,7 @@ impl Replicator {
             ready: watch::channel(false).0,
             next_session: std::sync::atomic::AtomicU64::new(1),
             tracker: TaskTracker::new(),
+            runtime: tokio::runtime::Handle::current(),
             cancel,
             tables,
             cfg,
@@ -228,7 +232,7 @@ impl Replicator {
             tracing::info!("no peers configured: ready with local state");
         } else {
             let s = shared.clone();
-            shared.tracker.spawn(async move {
+            shared.spawn(async move {
                 tokio::select! {
                     _ = s.cancel.cancelled() => {}
                     _ = tokio::time::sleep(s.cfg.ready_wait) => {
@@ -329,6 +333,14 @@ async fn wait_ready(mut rx: watch::Receiver<bool>) {
 }
 
 impl Shared {
+    /// Starts a replication task on replication's runtime, tracked for [`Replicator::closed`].
+    fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tracker.spawn_on(task, &self.runtime);
+    }
+
     fn peer_stats(&self, name: &str, addr: &str) -> Arc<PeerStats> {
         let mut peers = self.peers.lock();
         let e = peers.entry(name.to_string()).or_insert_with(|| PeerEntry {
