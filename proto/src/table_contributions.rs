@@ -548,7 +548,8 @@ mod tests {
 
     #[test]
     fn a_datum_with_a_long_key_or_a_wrong_wire_type_takes_the_slow_path() {
-        // Field 1 (type) with its key as two bytes (a valid, non-minimal varint), then value 6.
+        // Field 1 (type) with its key as two bytes (a valid, non-minimal varint) holding 3 (gpc0),
+        // then field 3 (value) holding 4, zigzag-encoded.
         let long = [0x88, 0x00, 3, (3 << 3) as u8, 8];
         let mut body = Vec::new();
         encoding::bytes::encode(DATA, &long.to_vec(), &mut body);
