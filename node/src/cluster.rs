@@ -101,6 +101,7 @@ impl Cluster {
                     ready_wait: s.ready_wait,
                     state_dir: state_dir.clone(),
                     tls: tls_paths(tls),
+                    own_thread: true,
                 };
                 let thread = SyncThread::start()
                     .map_err(|e| NodeError::Cluster(format!("replication thread: {e}")))?;

@@ -448,6 +448,9 @@ impl Feeder {
                 cert: certs.join(format!("{name}.pem")),
                 key: certs.join(format!("{name}.key")),
             },
+            // The feeder shares its process with the harness's writer thread, which a yield
+            // would hand the core to: the fill would measure the writer, not replication.
+            own_thread: false,
         };
         let repl = Replicator::start(cfg, tables.clone(), clock, cancel.clone()).await?;
         Ok(Feeder {

@@ -237,6 +237,7 @@ impl AdminNode {
             ready_wait: Duration::from_secs(30),
             state_dir: spec.state_dir,
             tls: tls_paths(spec.certs, spec.name),
+            own_thread: false,
         };
         let repl = Replicator::start(cfg, tables.clone(), clock, cancel.clone())
             .await

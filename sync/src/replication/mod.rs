@@ -60,6 +60,12 @@ pub struct ReplicationConfig {
     pub state_dir: PathBuf,
     /// The fleet identity.
     pub tls: TlsPaths,
+    /// Replication runs on a thread of its own that shares cores with the node's workers.
+    /// Between slices of a large received message it then gives its core back to the kernel
+    /// now and then ([`CORE_TURN`]), so a worker with requests waiting runs within a slice, not
+    /// after a scheduler tick. Off where replication shares its thread with the caller's work
+    /// (tests, the benchmark's feeder): there the yield would only hand the core to that work.
+    pub own_thread: bool,
 }
 
 /// Replication that cannot start.
@@ -103,6 +109,10 @@ const H2_CONNECTION_WINDOW: u32 = 16 << 20;
 /// Most contributions of a received message checked, or applied, between two yields: some
 /// tens of µs of a node's thread, which requests arriving meanwhile wait for.
 const SLICE: usize = 256;
+/// With [`ReplicationConfig::own_thread`], the longest a received message holds the thread
+/// before it yields the core: a worker that woke meanwhile waits at most about this long,
+/// where the kernel would let replication run out its time slice (some milliseconds).
+const CORE_TURN: Duration = Duration::from_micros(500);
 /// Most contributions a peer may put in one message before it is refused.
 const MAX_MESSAGE_CONTRIBUTIONS: usize = 16 * MAX_BATCH;
 /// Messages queued towards one peer's stream.

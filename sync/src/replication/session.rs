@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::stats::PeerStats;
-use super::{MAX_BATCH, MAX_CHUNK, MAX_MESSAGE_CONTRIBUTIONS, SLICE, Shared};
+use super::{CORE_TURN, MAX_BATCH, MAX_CHUNK, MAX_MESSAGE_CONTRIBUTIONS, SLICE, Shared};
 use crate::origin::OriginName;
 use crate::table::{Consumer, Cursor, Table};
 use crate::tables::Step;
@@ -456,6 +456,18 @@ async fn ack(to_ack: &watch::Sender<u64>, seq: u64) {
     tokio::task::yield_now().await;
 }
 
+/// Lets replication's other tasks run between two slices of a message and, on a thread of its
+/// own that has held the core for [`CORE_TURN`], the node's workers too. Only the kernel can
+/// hand the core to another thread before the time slice ends, and a blocking `sched_yield`
+/// is what asks it to: it returns at once when no other thread is waiting.
+async fn between_slices(shared: &Shared, turn: &mut Instant) {
+    if shared.cfg.own_thread && turn.elapsed() >= CORE_TURN {
+        std::thread::yield_now();
+        *turn = Instant::now();
+    }
+    tokio::task::yield_now().await;
+}
+
 /// Checks a whole message against the tables, then applies it: a bad contribution anywhere
 /// applies nothing. `live` messages must carry only the sender's own contributions. Both the
 /// checking and the applying go [`SLICE`] contributions at a time with a yield in between, so
@@ -473,20 +485,21 @@ async fn apply(
             "{total} contributions in one message (at most {MAX_MESSAGE_CONTRIBUTIONS})"
         ));
     }
+    let mut turn = Instant::now();
     let mut incoming = shared.tables.receive(c, live).map_err(|e| e.to_string())?;
     let m = loop {
         match incoming.check(SLICE).map_err(|e| e.to_string())? {
             Step::Checked(m) => break m,
             Step::More(rest) => incoming = rest,
         }
-        tokio::task::yield_now().await;
+        between_slices(shared, &mut turn).await;
     };
     // A message of one slice (every live change that propagates alone) is checked and
     // applied at once: a yield would only queue it behind the node's other tasks.
     let mut at = 0;
     while at < m.len() {
         if m.len() > SLICE {
-            tokio::task::yield_now().await;
+            between_slices(shared, &mut turn).await;
         }
         let end = m.len().min(at + SLICE);
         m.apply(at..end, shared.clock.tick());

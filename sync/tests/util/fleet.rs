@@ -100,6 +100,7 @@ impl TestNode {
             ready_wait: Duration::from_secs(30),
             state_dir: spec.state_dir,
             tls: spec.tls,
+            own_thread: false,
         };
         let repl = Replicator::start(cfg, tables.clone(), clock, cancel.clone()).await?;
         Ok(TestNode {
