@@ -188,21 +188,8 @@ fn start_haproxy(env: &Env, servers: &[(String, u16)]) -> anyhow::Result<Fleet> 
         n.start()?;
         nodes.push(n);
     }
-    let end = Instant::now() + Duration::from_secs(10);
     for n in &nodes {
-        loop {
-            let est = n
-                .cli("show peers")
-                .map(|o| o.matches("state=EST").count())
-                .unwrap_or(0);
-            if est >= 2 {
-                break;
-            }
-            if Instant::now() > end {
-                bail!("{}: peers not all established", n.name);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        n.wait_peers(2, Duration::from_secs(10))?;
     }
     Ok(Fleet::Haproxy(nodes))
 }

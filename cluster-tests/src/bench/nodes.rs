@@ -298,6 +298,27 @@ impl HaNode {
         Ok(out)
     }
 
+    /// Waits until `show peers` lists `n` established peer links.
+    pub(crate) fn wait_peers(&self, n: usize, within: Duration) -> anyhow::Result<()> {
+        let end = Instant::now() + within;
+        loop {
+            let est = self
+                .cli("show peers")
+                .map(|o| o.matches("state=EST").count())
+                .unwrap_or(0);
+            if est >= n {
+                return Ok(());
+            }
+            if Instant::now() > end {
+                bail!(
+                    "{}: {est} of {n} peer links established after {within:?}",
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `used` of `table` in `show table`.
     pub(crate) fn used(&self, table: &str) -> anyhow::Result<u64> {
         let out = self.cli("show table")?;

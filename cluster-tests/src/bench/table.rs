@@ -255,8 +255,8 @@ pub(crate) async fn run(env: &Env, report: &mut Report) -> anyhow::Result<()> {
         let mut n2 = HaNode::new(env, "n2", w2, cfg(w2))?;
         n1.start()?;
         n2.start()?;
-        // Let the peers connect.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        n1.wait_peers(1, Duration::from_secs(10))?;
+        n2.wait_peers(1, Duration::from_secs(10))?;
         let rss0 = n1.proc().map_or(0, |p| p.rss());
         let t = Instant::now();
         n1.fill("fe", 0..SMALL)?;
