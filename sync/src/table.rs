@@ -331,6 +331,12 @@ impl Table {
         }
     }
 
+    /// Whether a replication session consumes this table's changes, so that a write wakes a
+    /// sender.
+    pub fn has_feed(&self) -> bool {
+        self.active.load(Ordering::Relaxed) != 0
+    }
+
     /// Installs the change listener (once; later calls are ignored).
     pub fn set_listener(&self, l: Listener) {
         let _ = self.listener.0.set(l);

@@ -47,19 +47,24 @@ pub(crate) enum Sticky {
 pub(crate) enum Committed {
     /// The client was already on this server (its entry at most refreshed).
     Kept,
-    /// A new assignment was written to the table, to be replicated to the fleet.
-    Stored,
+    /// A new assignment was written to the table; `to_peers` when it is the client's first
+    /// and a replication session consumes the table, so the write woke its sender.
+    Stored { to_peers: bool },
     /// A new assignment, carried by this `Set-Cookie` in the answer.
     Cookie(HeaderValue),
 }
 
 impl Committed {
-    /// Lets a new table assignment leave for the peers before the caller answers: the
-    /// replication sender was woken by the write, and one yield lets it (and the transport
-    /// tasks it wakes) run first, so a client that moves to another node right after its
-    /// answer finds its server there. A client's first request only; otherwise a no-op.
+    /// Lets a new assignment leave for the peers before the caller answers, so a client that
+    /// moves to another node right after its answer finds its server there. The write woke
+    /// replication's sender. On a node the sender runs on a thread of its own; that thread may
+    /// share this worker's core, and would then wait until the kernel preempts the worker. So
+    /// the worker first yields the core (`sched_yield` returns at once when no thread waits
+    /// for it), then the task, for a sender on this runtime. Only a client's first assignment
+    /// on a replicated table pays for this; otherwise it is a no-op.
     pub(crate) async fn publish(&self) {
-        if matches!(self, Committed::Stored) {
+        if matches!(self, Committed::Stored { to_peers: true }) {
+            std::thread::yield_now();
             tokio::task::yield_now().await;
         }
     }
@@ -151,6 +156,9 @@ impl Sticky {
                 let key = Key::from_ip(client);
                 if !same {
                     let mut h = table.handle(key);
+                    // Concurrent first requests of one client all found it unassigned; only
+                    // the first to commit makes the assignment news worth yielding for.
+                    let first = table.read(&mut h, DataType::ServerId, now).is_none();
                     table.set_register(
                         &mut h,
                         DataType::ServerId,
@@ -159,7 +167,9 @@ impl Sticky {
                         now,
                     );
                     touched.store(now.0.max(1), Relaxed);
-                    return Committed::Stored;
+                    return Committed::Stored {
+                        to_peers: first && table.has_feed(),
+                    };
                 } else {
                     let last = touched.load(Relaxed);
                     if last == 0 || now.since(Tick(last)) >= REFRESH_MS {
@@ -208,8 +218,9 @@ mod tests {
     }
 
     /// A replicated `server_id` table whose change listener wakes a task standing in for the
-    /// replication sender; the flag says whether that task has run since.
-    fn replicated() -> (Sticky, Arc<AtomicBool>) {
+    /// replication sender; the flag says whether that task has run since. With `feed`, a
+    /// peer's session consumes the table's changes.
+    fn replicated(feed: bool) -> (Sticky, Arc<AtomicBool>) {
         let store = TableSchema::parse_store(&["server_id"]).expect("valid store");
         let schema = TableSchema::new("t", KeyType::Ip, 100, Duration::from_secs(60), store, true)
             .expect("valid schema");
@@ -227,14 +238,16 @@ mod tests {
             }
         });
         let table = tables.get("t").expect("table t");
-        // A peer's change feed: without one, a write wakes nobody.
-        let _feed = table.subscribe().expect("a change feed");
+        if feed {
+            // A peer's change feed: without one, a write wakes nobody.
+            let _feed = table.subscribe().expect("a change feed");
+        }
         (Sticky::Src { table }, ran)
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_new_assignment_is_published_before_the_answer() {
-        let (sticky, sender_ran) = replicated();
+        let (sticky, sender_ran) = replicated(true);
         let b = backend(Balance::RoundRobin, 2);
         let client = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
         let touched = AtomicU32::new(0);
@@ -243,7 +256,7 @@ mod tests {
         let stuck = sticky.lookup(&b, client, None, clock.tick());
         assert!(stuck.server.is_none(), "a new client sticks to nothing");
         let c = sticky.commit(&stuck, &b.servers[1], client, &touched, clock);
-        assert!(matches!(c, Committed::Stored), "{c:?}");
+        assert!(matches!(c, Committed::Stored { to_peers: true }), "{c:?}");
         assert!(
             !sender_ran.load(Relaxed),
             "nothing ran yet: this task holds the thread"
@@ -254,11 +267,36 @@ mod tests {
             "the task woken by the write ran before the caller goes on to answer"
         );
 
+        // A concurrent first request of the client, which looked up before that commit, was
+        // sent elsewhere: it overwrites the assignment, but the client is not new any more.
+        let c = sticky.commit(&stuck, &b.servers[0], client, &touched, clock);
+        assert!(matches!(c, Committed::Stored { to_peers: false }), "{c:?}");
+
         // The next request finds the server and writes nothing new.
         let stuck = sticky.lookup(&b, client, None, clock.tick());
-        assert_eq!(stuck.server.map(|s| s.index), Some(1));
-        let c = sticky.commit(&stuck, &b.servers[1], client, &touched, clock);
+        assert_eq!(stuck.server.map(|s| s.index), Some(0));
+        let c = sticky.commit(&stuck, &b.servers[0], client, &touched, clock);
         assert!(matches!(c, Committed::Kept), "{c:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_new_assignment_no_peer_consumes_answers_without_yielding() {
+        let (sticky, _) = replicated(false);
+        let b = backend(Balance::RoundRobin, 2);
+        let client = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+        let clock = NodeClock::new();
+        let other_ran = Arc::new(AtomicBool::new(false));
+        let o = other_ran.clone();
+        tokio::spawn(async move { o.store(true, Relaxed) });
+
+        let stuck = sticky.lookup(&b, client, None, clock.tick());
+        let c = sticky.commit(&stuck, &b.servers[0], client, &AtomicU32::new(0), clock);
+        assert!(matches!(c, Committed::Stored { to_peers: false }), "{c:?}");
+        c.publish().await;
+        assert!(
+            !other_ran.load(Relaxed),
+            "with no peer to send it, the answer does not wait behind other tasks"
+        );
     }
 
     #[test]
