@@ -280,7 +280,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn a_new_assignment_no_peer_consumes_answers_without_yielding() {
+    async fn a_new_assignment_no_peer_consumes_is_answered_without_a_yield() {
         let (sticky, _) = replicated(false);
         let b = backend(Balance::RoundRobin, 2);
         let client = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));

@@ -62,8 +62,8 @@ pub struct ReplicationConfig {
     pub tls: TlsPaths,
     /// Replication runs on a thread of its own that shares cores with the node's workers.
     /// Between slices of a large received message it then gives its core back to the kernel
-    /// now and then ([`CORE_TURN`]), so a worker with requests waiting runs within a slice, not
-    /// after a scheduler tick. Off where replication shares its thread with the caller's work
+    /// every 500 µs, so a worker with requests waiting runs within that, not after a
+    /// scheduler tick. Off where replication shares its thread with the caller's work
     /// (tests, the benchmark's feeder): there the yield would only hand the core to that work.
     pub own_thread: bool,
 }
