@@ -13,7 +13,11 @@
 //! - sticky: 500 fresh clients, each asks node 1, then node 2's table is polled (admin API /
 //!   runtime API) until the client's `server_id` shows: propagation from node 1's answer; then
 //!   nodes 2 and 3 are asked and must pick node 1's server. The observer's own share of that
-//!   figure is shown beside it: one read of a key node 2 already holds.
+//!   figure is shown beside it: one read of a key node 2 already holds. Then 500 more fresh
+//!   clients ask node 1, one every 5 ms, with nobody polling: `tcpdump` stamps the packets on
+//!   loopback, which give the propagation without an observer, from node 1's answer leaving
+//!   it to node 2's acknowledgement of node 1's last update ([`capture::propagation`]). That
+//!   one carries the goal.
 //!
 //! Both fleets get the same settling time after their peer links are up before measuring
 //! (HAProxy runs an initial resync for a few seconds after start).
@@ -27,6 +31,7 @@ use sluice_proto::admin::v1::StatusRequest;
 use sluice_proto::admin::v1::admin_client::AdminClient;
 use tokio::sync::Mutex;
 
+use super::capture::{self, Capture, Stamped};
 use super::nodes::{HaNode, SluiceNode, SluiceSpec};
 use super::procs;
 use super::report::{note, quantile};
@@ -42,6 +47,9 @@ const SPREAD_SECS: f64 = 15.0;
 const STICKY_KEYS: u32 = 500;
 const SETTLE: Duration = Duration::from_secs(4);
 const POLL_PAUSE: Duration = Duration::from_micros(50);
+/// Between two clients of the stamped pass: ten times the slowest propagation seen, so each
+/// client's exchange ends before the next begins.
+const STAMP_GAP: Duration = Duration::from_millis(5);
 
 /// One side of the comparison: three nodes answering HTTP, and a way to read node 2's table.
 enum Fleet {
@@ -70,6 +78,20 @@ impl Fleet {
                     .split_whitespace()
                     .any(|t| t.strip_prefix("server_id=").is_some_and(|v| v != "0")))
             }
+        }
+    }
+
+    /// The nodes' process ids, in node order.
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            Fleet::Sluice(n) => n
+                .iter()
+                .map(|n| n.proc().map_or(0, procs::Proc::pid))
+                .collect(),
+            Fleet::Haproxy(n) => n
+                .iter()
+                .map(|n| n.proc().map_or(0, procs::Proc::pid))
+                .collect(),
         }
     }
 
@@ -209,9 +231,11 @@ struct Measured {
     poll: Vec<f64>,
     agree: f64,
     sticky_total: f64,
+    /// Propagation from the packets' stamps; `None` when tcpdump could not capture.
+    stamped: Option<Stamped>,
 }
 
-async fn measure(fleet: &mut Fleet, net: u8) -> anyhow::Result<Measured> {
+async fn measure(env: &Env, fleet: &mut Fleet, net: u8) -> anyhow::Result<Measured> {
     let mut m = Measured::default();
     let webs: Vec<SocketAddr> = (0..3).map(|i| fleet.web(i)).collect();
 
@@ -302,14 +326,16 @@ async fn measure(fleet: &mut Fleet, net: u8) -> anyhow::Result<Measured> {
     }
 
     // Sticky: propagation of the server chosen by node 1 to node 2's table.
+    let fresh = |first: u32| -> Vec<Ipv4Addr> {
+        (0..STICKY_KEYS)
+            .map(|k| {
+                let third = (first + k / 250) as u8;
+                Ipv4Addr::new(127, net.wrapping_add(1), third, (1 + k % 250) as u8)
+            })
+            .collect()
+    };
     let mut agree = 0;
-    for k in 0..STICKY_KEYS {
-        let src = Ipv4Addr::new(
-            127,
-            net.wrapping_add(1),
-            (1 + k / 250) as u8,
-            (1 + k % 250) as u8,
-        );
+    for src in fresh(1) {
         let Some((200, server)) = get(webs[0], src).await else {
             continue;
         };
@@ -345,6 +371,33 @@ async fn measure(fleet: &mut Fleet, net: u8) -> anyhow::Result<Measured> {
         }
         std::thread::sleep(POLL_PAUSE);
     }
+    // The same propagation without an observer: fresh clients ask node 1 at a steady pace,
+    // nobody polls node 2, and the packets between the nodes say when node 2 had it.
+    match Capture::start(env, &format!("sticky-{net}")) {
+        Ok(capture) => {
+            let owners = capture::socket_owners(&fleet.pids());
+            let clients = fresh(3);
+            let t0 = tokio::time::Instant::now();
+            for (i, &src) in clients.iter().enumerate() {
+                tokio::time::sleep_until(t0 + STAMP_GAP * i as u32).await;
+                get(webs[0], src).await;
+            }
+            // The last client's exchange, too, before tcpdump stops.
+            tokio::time::sleep_until(t0 + STAMP_GAP * clients.len() as u32).await;
+            let packets = capture.stop()?;
+            if let SocketAddr::V4(web) = webs[0] {
+                let owners = owners?;
+                m.stamped = Some(capture::propagation(
+                    &packets,
+                    &owners,
+                    web,
+                    (0, 1),
+                    &clients,
+                ));
+            }
+        }
+        Err(e) => note(&format!("no packet stamps for propagation: {e:#}")),
+    }
     m.sticky_total = f64::from(STICKY_KEYS);
     Ok(m)
 }
@@ -364,7 +417,7 @@ pub(crate) async fn run(env: &Env, opts: &Opts, report: &mut Report) -> anyhow::
             "fleet {proxy}: 3 nodes up ({})",
             procs::load_line()
         ));
-        let m = measure(&mut fleet, net)
+        let m = measure(env, &mut fleet, net)
             .await
             .with_context(|| format!("{proxy} fleet"))?;
         fleet.stop();
@@ -380,6 +433,16 @@ pub(crate) async fn run(env: &Env, opts: &Opts, report: &mut Report) -> anyhow::
             quantile(&m.poll, 0.99),
             m.agree
         ));
+        if let Some(st) = &m.stamped {
+            note(&format!(
+                "fleet {proxy}: propagation by packet stamps p50 {:.3} ms p99 {:.3} ms max {:.3} ms ({} of {STICKY_KEYS} stamped, {} acknowledged before the answer)",
+                quantile(&st.ms, 0.5),
+                quantile(&st.ms, 0.99),
+                quantile(&st.ms, 1.0),
+                st.ms.len(),
+                st.before_answer
+            ));
+        }
         results.push((proxy, m));
     }
     let mut paced = Figure::new(
@@ -402,13 +465,27 @@ pub(crate) async fn run(env: &Env, opts: &Opts, report: &mut Report) -> anyhow::
     .goal(Goal::AtMost(110.0));
     let mut p50 = Figure::new(
         "fleet",
-        "propagation of a sticky server_id, node 1 answer → node 2 table, p50",
+        "propagation of a sticky server_id, node 1's answer → node 2's ack of node 1's update (packet stamps), p50",
         "ms",
     )
     .decimals(3);
-    let mut p99 = Figure::new("fleet", "propagation, p99", "ms")
+    let mut p99 = Figure::new("fleet", "propagation (packet stamps), p99", "ms")
         .decimals(3)
         .goal(Goal::RatioAtMost(1.0));
+    let mut before = Figure::new(
+        "fleet",
+        "propagation (packet stamps): node 2 acknowledged before node 1 answered",
+        "%",
+    )
+    .decimals(1);
+    let mut seen_p50 = Figure::new(
+        "fleet",
+        "propagation as an observer polling node 2 sees it (its read included), p50",
+        "ms",
+    )
+    .decimals(3);
+    let mut seen_p99 =
+        Figure::new("fleet", "propagation as the observer sees it, p99", "ms").decimals(3);
     let mut poll = Figure::new(
         "fleet",
         "propagation observer: one read of node 2's table (admin API / runtime API), p50",
@@ -426,12 +503,19 @@ pub(crate) async fn run(env: &Env, opts: &Opts, report: &mut Report) -> anyhow::
         paced.push(proxy, m.paced_max);
         burst.push(proxy, m.burst_admitted);
         spread.push(proxy, m.spread_max);
-        p50.push(proxy, quantile(&m.prop, 0.5));
-        p99.push(proxy, quantile(&m.prop, 0.99));
+        if let Some(st) = m.stamped.as_ref().filter(|st| !st.ms.is_empty()) {
+            p50.push(proxy, quantile(&st.ms, 0.5));
+            p99.push(proxy, quantile(&st.ms, 0.99));
+            before.push(proxy, 100.0 * st.before_answer as f64 / st.ms.len() as f64);
+        }
+        seen_p50.push(proxy, quantile(&m.prop, 0.5));
+        seen_p99.push(proxy, quantile(&m.prop, 0.99));
         poll.push(proxy, quantile(&m.poll, 0.5));
         agree.push(proxy, 100.0 * m.agree / m.sticky_total);
     }
-    for f in [paced, burst, spread, p50, p99, poll, agree] {
+    for f in [
+        paced, burst, spread, p50, p99, before, seen_p50, seen_p99, poll, agree,
+    ] {
         report.add(f);
     }
     if let Some(dir) = &opts.plots {

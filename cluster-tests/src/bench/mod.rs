@@ -14,17 +14,19 @@
 //!   restarted node takes to hold a peer's 100,000 and 1,000,000 entries, and the latency of
 //!   requests to it meanwhile — [`table`];
 //! - `fleet`: three nodes under one fleet-wide limit: admitted requests for a paced client, a
-//!   concurrent burst and three clients at once, and propagation of a sticky assignment —
-//!   [`fleet`].
+//!   concurrent burst and three clients at once, and propagation of a sticky assignment, both
+//!   as an observer polling node 2 sees it and from the kernel's stamps on the packets between
+//!   the nodes ([`capture`]) — [`fleet`].
 //!
 //! # How
 //!
 //! Each proxy runs pinned to CPU 0 with one thread (`[node] threads = 1`, `nbthread 1`); the
 //! load generators, backends and this process run on CPU 1. Everything listens on loopback,
 //! every process is started by the harness and killed when it ends ([`procs::Proc`]). The
-//! tools (`haproxy`, `wrk`, `nginx`, `gcc`) are found on `PATH` or installed with `apt-get`;
+//! tools (`haproxy`, `wrk`, `nginx`, `gcc`, `tcpdump`) are found on `PATH` or installed with `apt-get`;
 //! `sluice` and `sluicectl` are built in release mode into this binary's target directory.
 
+mod capture;
 mod fleet;
 mod flood;
 mod http;

@@ -99,6 +99,13 @@ impl Proc {
         let _ = child.wait();
     }
 
+    /// Whether it has not exited yet.
+    pub(crate) fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Waits for the exit (a tool that ends by itself), at most `within`, and returns whether
     /// it exited successfully.
     pub(crate) fn wait(&mut self, within: Duration) -> anyhow::Result<bool> {

@@ -1,5 +1,5 @@
 //! Finding, installing and building what the benchmarks run: HAProxy, wrk, nginx, gcc (for the
-//! flooder), and this checkout's `sluice` and `sluicectl` in release mode.
+//! flooder), tcpdump (for stamps no observer adds to), and this checkout's `sluice` and `sluicectl` in release mode.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -22,6 +22,8 @@ pub(crate) struct Env {
     pub wrk: PathBuf,
     /// `nginx`.
     pub nginx: PathBuf,
+    /// `tcpdump`.
+    pub tcpdump: PathBuf,
     /// The flooder built from `cluster-tests/bench/flood.c`.
     pub flood: PathBuf,
     /// `haproxy -v`, first line.
@@ -39,7 +41,7 @@ impl Env {
                 "the benchmarks pin the proxy and the load to two different CPUs; this machine has {cpus}"
             );
         }
-        let missing: Vec<&str> = ["haproxy", "wrk", "nginx", "gcc", "taskset"]
+        let missing: Vec<&str> = ["haproxy", "wrk", "nginx", "gcc", "taskset", "tcpdump"]
             .into_iter()
             .filter(|t| which(t).is_none())
             .collect();
@@ -50,6 +52,7 @@ impl Env {
         let haproxy = find("haproxy")?;
         let wrk = find("wrk")?;
         let nginx = find("nginx")?;
+        let tcpdump = find("tcpdump")?;
         let (sluice, sluicectl) = match &opts.bin_dir {
             Some(d) => (d.join("sluice"), d.join("sluicectl")),
             None => build_sluice()?,
@@ -82,6 +85,7 @@ impl Env {
             haproxy,
             wrk,
             nginx,
+            tcpdump,
             flood,
             haproxy_version,
             dir,
@@ -182,7 +186,7 @@ fn install(tools: &[&str]) -> anyhow::Result<()> {
             .stdout(Stdio::null())
             .status()
             .context(
-                "apt-get (install haproxy, wrk, nginx-light and gcc by hand if this is not Debian)",
+                "apt-get (install haproxy, wrk, nginx-light, gcc and tcpdump by hand if this is not Debian)",
             )?
             .success())
     };
