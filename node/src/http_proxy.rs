@@ -352,9 +352,17 @@ async fn forward(
         // The exchange runs in this task: the request is written, then the response head read
         // within the response timeout; its body streams from the connection as the client
         // connection writes it.
+        let mut committed = None;
         let result = match conn.send(&mut req).await {
             Ok(()) => {
                 let deadline = Instant::now() + backend.limits().response_timeout;
+                // The server has the request: the assignment is recorded now, so it travels to
+                // the peers while the server works rather than after the answer.
+                if let Some(s) = &fe.stick {
+                    let c = s.commit(&stuck, guard.server(), client, &ctx.stick_touched, fe.clock);
+                    c.publish().await;
+                    committed = Some(c);
+                }
                 conn.read_head(req.method(), deadline).await
             }
             Err(e) => Err(e),
@@ -367,17 +375,9 @@ async fn forward(
                 if (400..500).contains(&status) && fe.rules.is_some() {
                     rules::count_backend_error(ctx, own);
                 }
-                let set_cookie = match fe
-                    .stick
-                    .as_ref()
-                    .map(|s| s.commit(&stuck, server, client, &ctx.stick_touched, fe.clock))
-                {
+                let set_cookie = match committed {
                     Some(Committed::Cookie(v)) => Some(v),
-                    Some(c) => {
-                        c.publish().await;
-                        None
-                    }
-                    None => None,
+                    _ => None,
                 };
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     return match upgrade.take() {

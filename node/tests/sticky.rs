@@ -5,6 +5,7 @@
 mod util;
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -100,6 +101,46 @@ async fn sticky_on_src_keeps_the_client_and_moves_it_once_when_its_server_dies()
     assert_ne!(second, first, "moved off the dead server");
     assert_eq!(stored(&n), Some(u64::from(server_id(&second))));
 
+    n.stop().await;
+    for a in apps {
+        a.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_new_assignment_is_stored_while_the_server_is_still_answering() {
+    let (n, apps) = node("on src table sticky", "http").await;
+    let stored = || {
+        n.node.tables().get("sticky").unwrap().read_key(
+            &Key::from_ip("127.0.0.24".parse().unwrap()),
+            DataType::ServerId,
+            n.node.clock().tick(),
+        )
+    };
+    let mut c = Client::connect_from("127.0.0.24", n.addr("web")).await;
+    let asked = tokio::spawn(async move { c.get("/slow").await });
+    wait_until(
+        Duration::from_secs(5),
+        "a server holds the request",
+        || async { apps.iter().any(|a| a.in_flight.load(SeqCst) == 1) },
+    )
+    .await;
+    let app = apps.iter().find(|a| a.in_flight.load(SeqCst) == 1).unwrap();
+    // Recorded when the server took the request, so replication carries it while the server
+    // works; a client that moves to another node after its answer finds its server there.
+    assert_eq!(stored(), Some(u64::from(server_id(&app.name))));
+
+    // The answer then comes from that server. (A release may come before the server waits
+    // for it, so it is repeated until the answer is in.)
+    wait_until(Duration::from_secs(5), "the answer", || {
+        app.release();
+        let done = asked.is_finished();
+        async move { done }
+    })
+    .await;
+    let (status, body) = asked.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, format!("{} slow", app.name));
     n.stop().await;
     for a in apps {
         a.stop().await;

@@ -55,13 +55,14 @@ pub(crate) enum Committed {
 }
 
 impl Committed {
-    /// Lets a new assignment leave for the peers before the caller answers, so a client that
-    /// moves to another node right after its answer finds its server there. The write woke
-    /// replication's sender. On a node the sender runs on a thread of its own; that thread may
-    /// share this worker's core, and would then wait until the kernel preempts the worker. So
-    /// the worker first yields the core (`sched_yield` returns at once when no thread waits
-    /// for it), then the task, for a sender on this runtime. Only a client's first assignment
-    /// on a replicated table pays for this; otherwise it is a no-op.
+    /// Lets a new assignment leave for the peers before the caller goes on (to wait for the
+    /// server's answer, or to relay a TCP connection), so a client that moves to another node
+    /// right after its answer finds its server there. The write woke replication's sender. On
+    /// a node the sender runs on a thread of its own; that thread may share this worker's
+    /// core, and would then wait until the worker blocks or the kernel preempts it. So the
+    /// worker first yields the core (`sched_yield` returns at once when no thread waits for
+    /// it), then the task, for a sender on this runtime. Only a client's first assignment on a
+    /// replicated table pays for this; otherwise it is a no-op.
     pub(crate) async fn publish(&self) {
         if matches!(self, Committed::Stored { to_peers: true }) {
             std::thread::yield_now();
@@ -137,7 +138,7 @@ impl Sticky {
         }
     }
 
-    /// Records that `server` served `client`: writes its id when it is not the one stored
+    /// Records that `server` took `client`'s request or connection: writes its id when it is not the one stored
     /// (first contact, or the stored server was down), or refreshes the entry at most once a
     /// second per connection (`touched`: the last refresh's tick, 0 for none). In cookie mode
     /// returns the `Set-Cookie` to add instead.
