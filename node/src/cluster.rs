@@ -12,7 +12,7 @@ use sluice_sync::{NodeClock, Tables};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::admin::{self, AdminState, AdminTls};
 use crate::config::{ClusterTlsConfig, Config};
@@ -40,7 +40,9 @@ pub(crate) struct Cluster {
 /// ready before it, and on a busy node those requests were judged against counts that the
 /// message would have raised. On its own thread, replication is woken by the kernel when a
 /// peer's bytes arrive and applies them while requests are served, and a sender runs as soon
-/// as a change wakes it; replication's I/O never runs on a proxy worker.
+/// as a change wakes it; replication's I/O never runs on a proxy worker. The thread asks the
+/// kernel for short turns ([`crate::sched`]), so that where it shares a core it runs soon
+/// after it wakes, without a larger share of the core.
 #[derive(Debug)]
 struct SyncThread {
     runtime: tokio::runtime::Handle,
@@ -58,7 +60,14 @@ impl SyncThread {
         let ended = exit.clone();
         std::thread::Builder::new()
             .name("sluice-sync".into())
-            .spawn(move || rt.block_on(ended.cancelled()))?;
+            .spawn(move || {
+                match crate::sched::request_slice(crate::sched::SHORT_SLICE) {
+                    Ok(0) => debug!("replication thread: the kernel keeps its default turn"),
+                    Ok(ns) => debug!(slice_ns = ns, "replication thread: short scheduler turns"),
+                    Err(error) => debug!(%error, "replication thread: default scheduler turns"),
+                }
+                rt.block_on(ended.cancelled())
+            })?;
         Ok(SyncThread { runtime, exit })
     }
 }

@@ -32,6 +32,7 @@ pub mod node;
 mod ops;
 pub mod proxy_protocol;
 pub mod rules;
+mod sched;
 mod tcp_proxy;
 pub mod tls;
 
