@@ -17,7 +17,7 @@ use anyhow::Context;
 
 use super::http::{HAPROXY_FORWARDED, order, start};
 use super::procs::{self, LOAD_CPU, Proc};
-use super::report::note;
+use super::report::{note, quantile};
 use super::{Env, Figure, Goal, Opts, Report};
 
 const INFLIGHT: u32 = 256;
@@ -55,6 +55,14 @@ fn kv(out: &str) -> HashMap<String, f64> {
         .collect()
 }
 
+/// The paced client's `latencies_ms=a,b,…` line.
+fn latencies(out: &str) -> Vec<f64> {
+    out.lines()
+        .find_map(|l| l.strip_prefix("latencies_ms="))
+        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
 pub(crate) fn run(env: &Env, opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
     let backend = procs::port();
     let port = procs::port();
@@ -70,9 +78,22 @@ pub(crate) fn run(env: &Env, opts: &Opts, report: &mut Report) -> anyhow::Result
     let mut good = Figure::new("flood", "flood: good client served", "%")
         .decimals(1)
         .goal(Goal::AtLeast(100.0));
-    let mut good_p99 = Figure::new("flood", "flood: good client p99 (connect + GET)", "ms")
-        .decimals(2)
-        .goal(Goal::RatioAtMost(1.0));
+    let mut good_p99 = Figure::new(
+        "flood",
+        "flood: good client p99 (connect + GET), each run's own",
+        "ms",
+    )
+    .decimals(2);
+    // Each run's p99 is about its third-slowest request, so one preemption decides it; the
+    // goal is on the p99 of every run's requests together.
+    let mut good_pooled = Figure::new(
+        "flood",
+        "flood: good client p99 (connect + GET), all runs' requests pooled",
+        "ms",
+    )
+    .decimals(2)
+    .goal(Goal::RatioAtMost(1.0));
+    let mut pooled: HashMap<&str, Vec<f64>> = HashMap::new();
     for r in 0..opts.runs {
         for proxy in order(r) {
             let cfg = if proxy == "sluice" { &sl } else { &ha };
@@ -125,7 +146,8 @@ pub(crate) fn run(env: &Env, opts: &Opts, report: &mut Report) -> anyhow::Result
             client.wait(within)?;
             p.stop(Duration::from_secs(5));
             let f = kv(&std::fs::read_to_string(&flood_log).context("flooder output")?);
-            let g = kv(&std::fs::read_to_string(&good_log).context("good client output")?);
+            let good_out = std::fs::read_to_string(&good_log).context("good client output")?;
+            let g = kv(&good_out);
             let refused = f.get("rejected").copied().unwrap_or(0.0);
             let per_s = f.get("rejected_per_s").copied().unwrap_or(0.0);
             let cpu = c1 - c0;
@@ -145,11 +167,31 @@ pub(crate) fn run(env: &Env, opts: &Opts, report: &mut Report) -> anyhow::Result
             cpu_pct.push(proxy, 100.0 * cpu / el);
             good.push(proxy, g.get("success_pct").copied().unwrap_or(0.0));
             good_p99.push(proxy, g.get("p99_ms").copied().unwrap_or(f64::NAN));
+            pooled
+                .entry(proxy)
+                .or_default()
+                .extend(latencies(&good_out));
             std::thread::sleep(Duration::from_millis(300));
         }
     }
-    for f in [rejected, cpu_per, cpu_pct, good, good_p99] {
+    for (proxy, l) in &pooled {
+        good_pooled.push(proxy, quantile(l, 0.99));
+    }
+    for f in [rejected, cpu_per, cpu_pct, good, good_p99, good_pooled] {
         report.add(f);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_paced_clients_latencies_come_from_their_own_line() {
+        let out = "sent=3 ok=2 p50_ms=1.500 p99_ms=2.000\nlatencies_ms=1.500,2.000\n";
+        assert_eq!(latencies(out), vec![1.5, 2.0]);
+        assert_eq!(kv(out).get("p99_ms"), Some(&2.0));
+        assert!(latencies("sent=0 ok=0\nlatencies_ms=\n").is_empty());
+    }
 }
