@@ -204,6 +204,8 @@ pub(crate) struct Stamped {
     pub ms: Vec<f64>,
     /// How many of those were 0.
     pub before_answer: usize,
+    /// Per client with an answer: ms from its request reaching `from` to the answer leaving it.
+    pub answer_ms: Vec<f64>,
 }
 
 /// Propagation from node `from` (answering on `web`) to node `to`, one value per client in
@@ -260,6 +262,10 @@ pub(crate) fn propagation(
                 }
                 _ => {}
             }
+        }
+        if let Some(answer) = answer {
+            out.answer_ms
+                .push(answer.saturating_sub(packets[start].at_ns) as f64 / 1e6);
         }
         // An update still unacknowledged when the window closed leaves the client without a
         // value: the earlier ack would say too little.
@@ -393,6 +399,8 @@ mod tests {
         assert!((got.ms[0] - 0.5).abs() < 1e-9, "{:?}", got.ms);
         assert_eq!(got.ms[1], 0.0);
         assert_eq!(got.before_answer, 1);
+        assert_eq!(got.answer_ms.len(), 2);
+        assert!((got.answer_ms[0] - 0.4).abs() < 1e-9, "{:?}", got.answer_ms);
         // An update never acknowledged while the client waited gives no value.
         let cut: Vec<Packet> = packets
             .iter()
@@ -400,12 +408,6 @@ mod tests {
             .filter(|p| p.at_ns != 900_000)
             .collect();
         let got = propagation(&cut, &owners, web, (0, 1), &[c1, c2]);
-        assert_eq!(
-            got,
-            Stamped {
-                ms: vec![0.0],
-                before_answer: 1
-            }
-        );
+        assert_eq!((got.ms, got.before_answer), (vec![0.0], 1));
     }
 }

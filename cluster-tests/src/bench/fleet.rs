@@ -435,12 +435,14 @@ pub(crate) async fn run(env: &Env, opts: &Opts, report: &mut Report) -> anyhow::
         ));
         if let Some(st) = &m.stamped {
             note(&format!(
-                "fleet {proxy}: propagation by packet stamps p50 {:.3} ms p99 {:.3} ms max {:.3} ms ({} of {STICKY_KEYS} stamped, {} acknowledged before the answer)",
+                "fleet {proxy}: propagation by packet stamps p50 {:.3} ms p99 {:.3} ms max {:.3} ms ({} of {STICKY_KEYS} stamped, {} acknowledged before the answer); answer time p50 {:.3} ms p99 {:.3} ms",
                 quantile(&st.ms, 0.5),
                 quantile(&st.ms, 0.99),
                 quantile(&st.ms, 1.0),
                 st.ms.len(),
-                st.before_answer
+                st.before_answer,
+                quantile(&st.answer_ms, 0.5),
+                quantile(&st.answer_ms, 0.99)
             ));
         }
         results.push((proxy, m));
@@ -478,6 +480,12 @@ pub(crate) async fn run(env: &Env, opts: &Opts, report: &mut Report) -> anyhow::
         "%",
     )
     .decimals(1);
+    let mut answer = Figure::new(
+        "fleet",
+        "a new client's request to node 1: answer time, request in → answer out (packet stamps), p50",
+        "ms",
+    )
+    .decimals(3);
     let mut seen_p50 = Figure::new(
         "fleet",
         "propagation as an observer polling node 2 sees it (its read included), p50",
@@ -508,13 +516,16 @@ pub(crate) async fn run(env: &Env, opts: &Opts, report: &mut Report) -> anyhow::
             p99.push(proxy, quantile(&st.ms, 0.99));
             before.push(proxy, 100.0 * st.before_answer as f64 / st.ms.len() as f64);
         }
+        if let Some(st) = m.stamped.as_ref().filter(|st| !st.answer_ms.is_empty()) {
+            answer.push(proxy, quantile(&st.answer_ms, 0.5));
+        }
         seen_p50.push(proxy, quantile(&m.prop, 0.5));
         seen_p99.push(proxy, quantile(&m.prop, 0.99));
         poll.push(proxy, quantile(&m.poll, 0.5));
         agree.push(proxy, 100.0 * m.agree / m.sticky_total);
     }
     for f in [
-        paced, burst, spread, p50, p99, before, seen_p50, seen_p99, poll, agree,
+        paced, burst, spread, p50, p99, before, answer, seen_p50, seen_p99, poll, agree,
     ] {
         report.add(f);
     }
