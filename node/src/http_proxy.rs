@@ -352,7 +352,7 @@ async fn forward(
         // The exchange runs in this task: the request is written, then the response head read
         // within the response timeout; its body streams from the connection as the client
         // connection writes it.
-        let mut committed = None;
+        let mut set_cookie = None;
         let result = match conn.send(&mut req).await {
             Ok(()) => {
                 let deadline = Instant::now() + backend.limits().response_timeout;
@@ -361,7 +361,9 @@ async fn forward(
                 if let Some(s) = &fe.stick {
                     let c = s.commit(&stuck, guard.server(), client, &ctx.stick_touched, fe.clock);
                     c.publish().await;
-                    committed = Some(c);
+                    if let Committed::Cookie(v) = c {
+                        set_cookie = Some(v);
+                    }
                 }
                 conn.read_head(req.method(), deadline).await
             }
@@ -375,10 +377,6 @@ async fn forward(
                 if (400..500).contains(&status) && fe.rules.is_some() {
                     rules::count_backend_error(ctx, own);
                 }
-                let set_cookie = match committed {
-                    Some(Committed::Cookie(v)) => Some(v),
-                    _ => None,
-                };
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     return match upgrade.take() {
                         Some((_, on)) => switch_protocols(ctx, own, resp, on, guard),

@@ -83,16 +83,14 @@ impl Fleet {
 
     /// The nodes' process ids, in node order.
     fn pids(&self) -> Vec<u32> {
-        match self {
-            Fleet::Sluice(n) => n
-                .iter()
-                .map(|n| n.proc().map_or(0, procs::Proc::pid))
-                .collect(),
-            Fleet::Haproxy(n) => n
-                .iter()
-                .map(|n| n.proc().map_or(0, procs::Proc::pid))
-                .collect(),
-        }
+        let procs: Vec<Option<&procs::Proc>> = match self {
+            Fleet::Sluice(n) => n.iter().map(SluiceNode::proc).collect(),
+            Fleet::Haproxy(n) => n.iter().map(HaNode::proc).collect(),
+        };
+        procs
+            .into_iter()
+            .map(|p| p.map_or(0, procs::Proc::pid))
+            .collect()
     }
 
     fn stop(&mut self) {
@@ -440,7 +438,7 @@ pub(crate) async fn run(env: &Env, opts: &Opts, report: &mut Report) -> anyhow::
                 quantile(&st.ms, 0.99),
                 quantile(&st.ms, 1.0),
                 st.ms.len(),
-                st.before_answer,
+                st.before_answer(),
                 quantile(&st.answer_ms, 0.5),
                 quantile(&st.answer_ms, 0.99)
             ));
@@ -514,7 +512,10 @@ pub(crate) async fn run(env: &Env, opts: &Opts, report: &mut Report) -> anyhow::
         if let Some(st) = m.stamped.as_ref().filter(|st| !st.ms.is_empty()) {
             p50.push(proxy, quantile(&st.ms, 0.5));
             p99.push(proxy, quantile(&st.ms, 0.99));
-            before.push(proxy, 100.0 * st.before_answer as f64 / st.ms.len() as f64);
+            before.push(
+                proxy,
+                100.0 * st.before_answer() as f64 / st.ms.len() as f64,
+            );
         }
         if let Some(st) = m.stamped.as_ref().filter(|st| !st.answer_ms.is_empty()) {
             answer.push(proxy, quantile(&st.answer_ms, 0.5));

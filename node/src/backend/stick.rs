@@ -138,10 +138,10 @@ impl Sticky {
         }
     }
 
-    /// Records that `server` took `client`'s request or connection: writes its id when it is not the one stored
-    /// (first contact, or the stored server was down), or refreshes the entry at most once a
-    /// second per connection (`touched`: the last refresh's tick, 0 for none). In cookie mode
-    /// returns the `Set-Cookie` to add instead.
+    /// Records that `server` took `client`'s request or connection: writes its id when it is
+    /// not the one stored (first contact, or the stored server was down), or refreshes the
+    /// entry at most once a second per connection (`touched`: the last refresh's tick, 0 for
+    /// none). In cookie mode returns the `Set-Cookie` to add instead.
     pub(crate) fn commit(
         &self,
         stuck: &Stuck<'_>,
