@@ -209,6 +209,27 @@ pub(crate) fn pin(pid: u32, cpu: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The real-time priority [`realtime`] gives a measuring process.
+pub(crate) const RT_PRIORITY: u8 = 10;
+
+/// Moves process `pid` (every thread) to `SCHED_FIFO` at [`RT_PRIORITY`] with `chrt`, so that
+/// on a core a busy load generator saturates it runs as soon as it is woken. Needs
+/// `CAP_SYS_NICE` (root); the error says so.
+pub(crate) fn realtime(pid: u32) -> anyhow::Result<()> {
+    let out = Command::new("chrt")
+        .args(["-a", "-f", "-p", &RT_PRIORITY.to_string()])
+        .arg(pid.to_string())
+        .output()
+        .context("chrt")?;
+    if !out.status.success() {
+        bail!(
+            "chrt could not make process {pid} real-time (needs root): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 /// Waits until something accepts connections on `127.0.0.1:port`.
 pub(crate) fn wait_port(port: u16, within: Duration) -> anyhow::Result<()> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
