@@ -4,7 +4,8 @@
 //! end (the proxy's response body does that), and is taken again by the next request. The pool
 //! is a short critical section on a small deque; there is no map lookup on the request path,
 //! since each server owns its pool. An idle connection has no task: the reactor records that
-//! the server closed it, and [`Pool::take`] skips it then.
+//! the server closed it, and [`Pool::take`] skips it then. Those and the ones idle too long
+//! are closed by the next calls, a few per call.
 
 use std::collections::VecDeque;
 use std::io;
@@ -18,6 +19,12 @@ use super::h1::BackendConn;
 
 /// Idle connections kept per server; more than this are closed when released.
 pub(super) const MAX_IDLE_PER_SERVER: usize = 1024;
+
+/// Connections one [`Pool::take`] or [`Pool::put`] closes at most. Each close is a system
+/// call and a reactor deregistration, and connections opened in one burst expire in one burst:
+/// closing a hundred of them in one call held that request, and every task behind it on the
+/// core, for a millisecond. The rest go on the next calls; none is ever reused.
+const CLOSE_AT_MOST: usize = 4;
 
 /// Idle connections of one server, each with the time it became idle.
 #[derive(Debug)]
@@ -40,33 +47,63 @@ impl Pool {
     /// An idle connection ready for a request, most recently used first.
     pub fn take(&self) -> Option<Box<BackendConn>> {
         let now = Instant::now();
+        let mut closing = Vec::new();
         let mut idle = self.idle.lock();
-        while let Some((conn, since)) = idle.pop_back() {
+        let found = loop {
+            let Some((conn, since)) = idle.pop_back() else {
+                break None;
+            };
             if now.duration_since(since) > self.max_idle {
-                // Everything in front of it is older still.
-                idle.clear();
-                return None;
+                // Everything in front of it is older still; `close_expired` takes them a
+                // few at a time.
+                idle.push_back((conn, since));
+                break None;
             }
             // One the server closed while it was idle is dropped.
             if !conn.is_stale() {
-                return Some(conn);
+                break Some(conn);
             }
-        }
-        None
+            closing.push(conn);
+            if closing.len() == CLOSE_AT_MOST {
+                break None;
+            }
+        };
+        self.close_expired(&mut idle, now, &mut closing);
+        drop(idle);
+        found
     }
 
-    /// Returns a connection after a complete exchange, and closes those idle too long.
+    /// Returns a connection after a complete exchange, and closes a few of those idle too long.
     pub fn put(&self, conn: Box<BackendConn>) {
         let now = Instant::now();
+        let mut closing = Vec::new();
         let mut idle = self.idle.lock();
-        while idle
-            .front()
-            .is_some_and(|(_, since)| now.duration_since(*since) > self.max_idle)
-        {
-            idle.pop_front();
-        }
+        self.close_expired(&mut idle, now, &mut closing);
         if idle.len() < MAX_IDLE_PER_SERVER {
             idle.push_back((conn, now));
+        } else {
+            closing.push(conn);
+        }
+    }
+
+    /// Moves the oldest connections idle longer than `max_idle` to `closing`, until it holds
+    /// [`CLOSE_AT_MOST`]. The caller drops them after the lock.
+    // The pool holds its connections boxed; unboxing them to close them would only move them.
+    #[allow(clippy::vec_box)]
+    fn close_expired(
+        &self,
+        idle: &mut VecDeque<(Box<BackendConn>, Instant)>,
+        now: Instant,
+        closing: &mut Vec<Box<BackendConn>>,
+    ) {
+        while closing.len() < CLOSE_AT_MOST
+            && idle
+                .front()
+                .is_some_and(|(_, since)| now.duration_since(*since) > self.max_idle)
+        {
+            if let Some((conn, _)) = idle.pop_front() {
+                closing.push(conn);
+            }
         }
     }
 
@@ -90,4 +127,67 @@ impl Pool {
 /// Opens a new HTTP/1.1 connection to `server`.
 pub async fn connect_http(server: &Server) -> io::Result<Box<BackendConn>> {
     Ok(Box::new(BackendConn::new(server.connect().await?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// `n` real loopback connections as pooled backend connections, with the server's ends.
+    async fn conns(n: usize) -> (Vec<Box<BackendConn>>, Vec<TcpStream>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        for _ in 0..n {
+            let (c, s) = tokio::join!(TcpStream::connect(addr), listener.accept());
+            ours.push(Box::new(BackendConn::new(c.expect("connect"))));
+            theirs.push(s.expect("accept").0);
+        }
+        (ours, theirs)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_expired_connections_is_closed_a_few_per_call() {
+        let pool = Pool::new(Duration::from_secs(4));
+        let (ours, _theirs) = conns(10).await;
+        for c in ours {
+            pool.put(c);
+        }
+        assert_eq!(pool.len(), 10);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        // None is reused, and one call closes only a few of them.
+        assert!(pool.take().is_none());
+        assert_eq!(pool.len(), 10 - CLOSE_AT_MOST);
+        assert!(pool.take().is_none());
+        assert_eq!(pool.len(), 10 - 2 * CLOSE_AT_MOST);
+        // A fresh connection goes in (closing two more expired ones) and is the one taken.
+        let (mut fresh, _theirs2) = conns(1).await;
+        pool.put(fresh.pop().expect("one"));
+        assert_eq!(pool.len(), 1);
+        assert!(pool.take().is_some());
+        assert!(pool.is_empty());
+    }
+
+    #[tokio::test]
+    async fn connections_the_server_closed_are_dropped_a_few_per_call() {
+        let pool = Pool::new(Duration::from_secs(60));
+        let (ours, theirs) = conns(10).await;
+        drop(theirs);
+        // The reactor learns of each close from its own events: wait for them, not a time.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ours.iter().all(|c| c.is_stale()) {
+            assert!(Instant::now() < deadline, "the closes never showed");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for c in ours {
+            pool.put(c);
+        }
+        assert!(pool.take().is_none());
+        assert_eq!(pool.len(), 10 - CLOSE_AT_MOST);
+        assert!(pool.take().is_none());
+        assert!(pool.take().is_none());
+        assert!(pool.is_empty());
+    }
 }
