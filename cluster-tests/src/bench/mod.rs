@@ -23,8 +23,9 @@
 //! Each proxy runs pinned to CPU 0 with one thread (`[node] threads = 1`, `nbthread 1`); the
 //! load generators, backends and this process run on CPU 1. Everything listens on loopback,
 //! every process is started by the harness and killed when it ends ([`procs::Proc`]). The
-//! tools (`haproxy`, `wrk`, `nginx`, `gcc`, `tcpdump`) are found on `PATH` or installed with `apt-get`;
-//! `sluice` and `sluicectl` are built in release mode into this binary's target directory.
+//! tools (`haproxy`, `wrk`, `nginx`, `gcc`, `tcpdump`) are found on `PATH` or installed with
+//! `apt-get`; `sluice` and `sluicectl` are built in release mode into this binary's target
+//! directory.
 
 mod capture;
 mod fleet;

@@ -1,5 +1,6 @@
 //! Finding, installing and building what the benchmarks run: HAProxy, wrk, nginx, gcc (for the
-//! flooder), tcpdump (for stamps no observer adds to), and this checkout's `sluice` and `sluicectl` in release mode.
+//! flooder), tcpdump (for stamps no observer adds to), and this checkout's `sluice` and
+//! `sluicectl` in release mode.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
