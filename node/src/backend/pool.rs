@@ -53,7 +53,7 @@ impl Pool {
             let Some((conn, since)) = idle.pop_back() else {
                 break None;
             };
-            if now.duration_since(since) > self.max_idle {
+            if self.expired(since, now) {
                 // Everything in front of it is older still; `close_expired` takes them a
                 // few at a time.
                 idle.push_back((conn, since));
@@ -86,6 +86,11 @@ impl Pool {
         }
     }
 
+    /// Whether a connection idle since `since` is too old to reuse at `now`.
+    fn expired(&self, since: Instant, now: Instant) -> bool {
+        now.duration_since(since) > self.max_idle
+    }
+
     /// Moves the oldest connections idle longer than `max_idle` to `closing`, until it holds
     /// [`CLOSE_AT_MOST`]. The caller drops them after the lock.
     // The pool holds its connections boxed; unboxing them to close them would only move them.
@@ -99,7 +104,7 @@ impl Pool {
         while closing.len() < CLOSE_AT_MOST
             && idle
                 .front()
-                .is_some_and(|(_, since)| now.duration_since(*since) > self.max_idle)
+                .is_some_and(|(_, since)| self.expired(*since, now))
         {
             if let Some((conn, _)) = idle.pop_front() {
                 closing.push(conn);
