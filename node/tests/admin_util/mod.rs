@@ -15,7 +15,7 @@ use std::time::Duration;
 use sluice_node::admin::{self, AdminError, AdminState, AdminTls};
 use sluice_proto::admin::v1::admin_client::AdminClient;
 use sluice_sync::replication::{
-    Identity, ReplicationConfig, Replicator, TlsPaths, next_incarnation,
+    Identity, ReplicationConfig, ReplicationError, Replicator, TlsPaths, next_incarnation,
 };
 use sluice_sync::{
     DataType, Event, Key, KeyType, NodeClock, OriginName, Table, TableSchema, Tables,
@@ -239,9 +239,22 @@ impl AdminNode {
             tls: tls_paths(spec.certs, spec.name),
             own_thread: false,
         };
-        let repl = Replicator::start(cfg, tables.clone(), clock, cancel.clone())
-            .await
-            .expect("replication starts");
+        // A node restarted on its old address (what some tests are about) can find it taken
+        // for a moment: `free_addr` ports are in the ephemeral range, and another test's
+        // outgoing connection may hold one as its local port once released. Retried within
+        // WAIT, as an operator would retry a restart.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let repl = loop {
+            match Replicator::start(cfg.clone(), tables.clone(), clock, cancel.clone()).await {
+                Err(ReplicationError::Bind { source, .. })
+                    if source.kind() == std::io::ErrorKind::AddrInUse
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                r => break r.expect("replication starts"),
+            }
+        };
         let state = AdminState::new(tables.clone(), clock).with_replicator(repl.clone());
         let listener = admin::bind("127.0.0.1:0".parse().expect("addr"), None, state)
             .await
