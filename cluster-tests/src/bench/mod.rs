@@ -5,7 +5,7 @@
 //! sluice and HAProxy with equivalent configs on this machine, each figure measured for both in
 //! the same run, alternating, so load from other processes hits both alike:
 //!
-//! - `http`: keep-alive HTTP through the proxy (`wrk`, nginx as the backend): plain, with a
+//! - `http`: keep-alive HTTP through the proxy (`wrk`, `answer.c` as the backend): plain, with a
 //!   stick table tracking every request under a limit that never fires, and with the limit
 //!   firing (almost every answer a `429`) — [`http`];
 //! - `flood`: a new-connection flood refused by a connection-rate rule, with a good client from

@@ -1,6 +1,6 @@
 //! Finding, installing and building what the benchmarks run: HAProxy, wrk, nginx, gcc (for the
-//! flooder), tcpdump (for stamps no observer adds to), and this checkout's `sluice` and
-//! `sluicectl` in release mode.
+//! flooder and the HTTP phase's backend), tcpdump (for stamps no observer adds to), and this
+//! checkout's `sluice` and `sluicectl` in release mode.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -27,6 +27,8 @@ pub(crate) struct Env {
     pub tcpdump: PathBuf,
     /// The flooder built from `cluster-tests/bench/flood.c`.
     pub flood: PathBuf,
+    /// The HTTP phase's backend built from `cluster-tests/bench/answer.c`.
+    pub answer: PathBuf,
     /// `haproxy -v`, first line.
     pub haproxy_version: String,
     /// Configs, logs and state of this run; removed at the end.
@@ -67,7 +69,8 @@ impl Env {
             .prefix("sluice-bench.")
             .tempdir()
             .context("temporary directory")?;
-        let flood = build_flooder(dir.path())?;
+        let flood = build_c(dir.path(), "flood")?;
+        let answer = build_c(dir.path(), "answer")?;
         let haproxy_version = Command::new(&haproxy)
             .arg("-v")
             .output()
@@ -88,6 +91,7 @@ impl Env {
             nginx,
             tcpdump,
             flood,
+            answer,
             haproxy_version,
             dir,
         })
@@ -158,6 +162,20 @@ impl Env {
         }
         Ok(p)
     }
+
+    /// `answer` on the load CPU answering `200` with `body` on `port` for at most `secs`.
+    pub(crate) fn answer(&self, port: u16, body: &str, secs: u64) -> anyhow::Result<Proc> {
+        let p = Proc::spawn(
+            "answer",
+            LOAD_CPU,
+            &self.answer,
+            &["-p", &port.to_string(), "-d", &secs.to_string(), "-b", body],
+            &[],
+            &self.path("answer.log"),
+        )?;
+        procs::wait_port(port, std::time::Duration::from_secs(10))?;
+        Ok(p)
+    }
 }
 
 /// `command -v`.
@@ -214,10 +232,10 @@ fn build_sluice() -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok((release.join("sluice"), release.join("sluicectl")))
 }
 
-/// Compiles `cluster-tests/bench/flood.c` into `dir`.
-fn build_flooder(dir: &Path) -> anyhow::Result<PathBuf> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/flood.c");
-    let out = dir.join("flood");
+/// Compiles `cluster-tests/bench/{name}.c` into `dir`.
+pub(crate) fn build_c(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("bench/{name}.c"));
+    let out = dir.join(name);
     let res = Command::new("gcc")
         .args(["-O2", "-Wall", "-o"])
         .arg(&out)
@@ -232,4 +250,68 @@ fn build_flooder(dir: &Path) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Reads from `s` until `n` bytes have come.
+    fn read_exactly(s: &mut TcpStream, n: usize) -> String {
+        let mut buf = vec![0; n];
+        s.read_exact(&mut buf).expect("the answers arrive");
+        String::from_utf8(buf).expect("ASCII answers")
+    }
+
+    /// The HTTP phase's backend, compiled and run: a request head split over writes is one
+    /// request, two pipelined heads are two answers in one read, and the connection stays open.
+    #[test]
+    fn answer_answers_each_request_head_once_split_or_pipelined() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let bin = build_c(dir.path(), "answer").expect("gcc builds answer.c");
+        let port = procs::port();
+        let log = dir.path().join("answer.log");
+        let args = ["-p", &port.to_string(), "-d", "30", "-b", "s1"];
+        let _answer = Proc::spawn("answer", LOAD_CPU, &bin, &args, &[], &log).expect("started");
+        procs::wait_port(port, Duration::from_secs(10)).expect("answer listens");
+        let one = "HTTP/1.1 200 OK\r\nServer: answer\r\nContent-Type: text/plain\r\n\
+                   Content-Length: 2\r\nConnection: keep-alive\r\n\r\ns1";
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let head = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for part in [&head[..17], &head[17..26], &head[26..]] {
+            s.write_all(part.as_bytes()).expect("write");
+            s.flush().expect("flush");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(read_exactly(&mut s, one.len()), one);
+        s.write_all(format!("{head}{head}").as_bytes())
+            .expect("write");
+        assert_eq!(read_exactly(&mut s, 2 * one.len()), format!("{one}{one}"));
+        // Nothing more: a third answer would be one no request asked for.
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let mut extra = [0u8; 1];
+        assert!(
+            s.read(&mut extra).is_err(),
+            "an answer nobody asked for, or the connection closed"
+        );
+    }
+
+    #[test]
+    fn answer_refuses_a_missing_body_argument() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let bin = build_c(dir.path(), "answer").expect("gcc builds answer.c");
+        let out = Command::new(&bin)
+            .args(["-p", "1", "-d", "1"])
+            .output()
+            .expect("run answer");
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("usage: answer"));
+    }
 }
