@@ -11,8 +11,9 @@
  *   flood -p PORT -d SECS -r RATE -b SRC_IP      paced client from SRC_IP: one new connection per
  *                                                1/RATE s, full GET, success and latency.
  *
- * Output: one line of key=value pairs (the paced client adds a second, `latencies_ms=` with
- * every successful request's latency). Only 127.0.0.0/8 targets; always stops after -d s.
+ * Output: one line of key=value pairs (the paced client adds `latencies_ms=` with every
+ * successful request's latency in the order sent, and `sent_at_s=` with when each was sent).
+ * Only 127.0.0.0/8 targets; always stops after -d s.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -76,7 +77,8 @@ static int wait_for(int fd, short events, double deadline) {
 
 static int paced(double secs, double rate, double timeout) {
     size_t cap = (size_t)(secs * rate) + 8, n = 0;
-    double *lat = calloc(cap, sizeof *lat);
+    double *lat = calloc(cap, sizeof *lat), *sorted = calloc(cap, sizeof *sorted);
+    double *at = calloc(cap, sizeof *at);
     long sent = 0, ok = 0, bad_status = 0, reset = 0, timed_out = 0, failed = 0;
     char buf[8192];
     double start = mono(), next = start;
@@ -114,21 +116,29 @@ static int paced(double secs, double rate, double timeout) {
             }
         }
         close(fd);
-        if (end == 1 && status == 200) { ok++; lat[n++] = (mono() - t0) * 1000.0; }
+        if (end == 1 && status == 200) {
+            ok++;
+            at[n] = t0 - start;
+            lat[n++] = (mono() - t0) * 1000.0;
+        }
         else if (end == 1) bad_status++;
         else if (end == 2) reset++;
         else timed_out++;
     }
-    qsort(lat, n, sizeof *lat, by_value);
-    double p50 = n ? lat[n / 2] : -1, p99 = n ? lat[(size_t)((double)(n - 1) * 0.99)] : -1;
+    memcpy(sorted, lat, n * sizeof *lat);
+    qsort(sorted, n, sizeof *sorted, by_value);
+    double p50 = n ? sorted[n / 2] : -1, p99 = n ? sorted[(size_t)((double)(n - 1) * 0.99)] : -1;
     printf("sent=%ld ok=%ld bad_status=%ld reset=%ld timeout=%ld failed=%ld success_pct=%.2f "
            "p50_ms=%.3f p99_ms=%.3f max_ms=%.3f\n",
            sent, ok, bad_status, reset, timed_out, failed, sent ? 100.0 * (double)ok / (double)sent : 0.0,
-           p50, p99, n ? lat[n - 1] : -1);
-    /* Every successful request's latency, so the harness can pool several runs: one run's
-     * p99 of some 200 requests is its third-slowest, too few to tell two proxies apart. */
+           p50, p99, n ? sorted[n - 1] : -1);
+    /* Every successful request's latency, in the order sent, so the harness can pool several
+     * runs (one run's p99 of some 200 requests is its third-slowest, too few to tell two
+     * proxies apart), and when each was sent, so it can tell where in a run the tail sits. */
     printf("latencies_ms=");
     for (size_t i = 0; i < n; i++) printf(i ? ",%.3f" : "%.3f", lat[i]);
+    printf("\nsent_at_s=");
+    for (size_t i = 0; i < n; i++) printf(i ? ",%.3f" : "%.3f", at[i]);
     printf("\n");
     return 0;
 }

@@ -29,6 +29,8 @@ use super::{Env, Figure, Goal, Opts, Report};
 
 const INFLIGHT: u32 = 256;
 const GOOD_RATE: u32 = 50;
+/// How many of the good client's slowest requests the run notes, with when they were sent.
+const SLOWEST: usize = 12;
 
 fn haproxy_cfg(port: u16, backend: u16) -> String {
     format!(
@@ -62,10 +64,10 @@ fn kv(out: &str) -> HashMap<String, f64> {
         .collect()
 }
 
-/// The paced client's `latencies_ms=a,b,…` line.
-fn latencies(out: &str) -> Vec<f64> {
+/// One of the paced client's list lines, `key=a,b,…` (`latencies_ms`, `sent_at_s`).
+fn list(out: &str, key: &str) -> Vec<f64> {
     out.lines()
-        .find_map(|l| l.strip_prefix("latencies_ms="))
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
         .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
         .unwrap_or_default()
 }
@@ -109,7 +111,8 @@ pub(crate) fn run(env: &Env, opts: &Opts, report: &mut Report) -> anyhow::Result
     )
     .decimals(2)
     .goal(Goal::RatioAtMost(1.0));
-    let mut pooled: HashMap<&str, Vec<f64>> = HashMap::new();
+    // Per proxy, every good request: (latency ms, run, seconds into the client's run).
+    let mut pooled: HashMap<&str, Vec<(f64, usize, f64)>> = HashMap::new();
     for r in 0..opts.runs {
         for proxy in order(r) {
             let cfg = if proxy == "sluice" { &sl } else { &ha };
@@ -191,15 +194,31 @@ pub(crate) fn run(env: &Env, opts: &Opts, report: &mut Report) -> anyhow::Result
             cpu_pct.push(proxy, 100.0 * cpu / el);
             good.push(proxy, g.get("success_pct").copied().unwrap_or(0.0));
             good_p99.push(proxy, g.get("p99_ms").copied().unwrap_or(f64::NAN));
-            pooled
-                .entry(proxy)
-                .or_default()
-                .extend(latencies(&good_out));
+            let sent_at = list(&good_out, "sent_at_s");
+            pooled.entry(proxy).or_default().extend(
+                list(&good_out, "latencies_ms")
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, ms)| (ms, r + 1, sent_at.get(i).copied().unwrap_or(f64::NAN))),
+            );
             std::thread::sleep(Duration::from_millis(300));
         }
     }
-    for (proxy, l) in &pooled {
-        good_pooled.push(proxy, quantile(l, 0.99));
+    for (proxy, l) in &mut pooled {
+        let ms: Vec<f64> = l.iter().map(|x| x.0).collect();
+        good_pooled.push(proxy, quantile(&ms, 0.99));
+        // Where the tail sits: a tail at one moment of every run is a cause, not noise.
+        l.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let slowest: Vec<String> = l
+            .iter()
+            .take(SLOWEST)
+            .map(|(ms, run, at)| format!("{ms:.2} (run {run}, {at:.2} s)"))
+            .collect();
+        note(&format!(
+            "flood good client {proxy}: slowest {SLOWEST} of {} pooled, ms (run, sent at): {}",
+            l.len(),
+            slowest.join(", ")
+        ));
     }
     for f in [rejected, cpu_per, cpu_pct, good, good_p99, good_pooled] {
         report.add(f);
@@ -213,9 +232,10 @@ mod tests {
 
     #[test]
     fn the_paced_clients_latencies_come_from_their_own_line() {
-        let out = "sent=3 ok=2 p50_ms=1.500 p99_ms=2.000\nlatencies_ms=1.500,2.000\n";
-        assert_eq!(latencies(out), vec![1.5, 2.0]);
+        let out = "sent=3 ok=2 p50_ms=1.500 p99_ms=2.000\nlatencies_ms=2.000,1.500\nsent_at_s=0.000,0.040\n";
+        assert_eq!(list(out, "latencies_ms"), vec![2.0, 1.5]);
+        assert_eq!(list(out, "sent_at_s"), vec![0.0, 0.04]);
         assert_eq!(kv(out).get("p99_ms"), Some(&2.0));
-        assert!(latencies("sent=0 ok=0\nlatencies_ms=\n").is_empty());
+        assert!(list("sent=0 ok=0\nlatencies_ms=\nsent_at_s=\n", "latencies_ms").is_empty());
     }
 }
