@@ -18,8 +18,8 @@
 //!
 //! Each run starts the proxy, warms it up for a second, measures, and stops it; the order of
 //! the two proxies alternates from run to run. Beside the proxy's CPU per request the run
-//! records how busy the load CPU (wrk and the backend) was: near 100 % it, not the proxy, sets the
-//! rate, and a cheaper proxy cannot show it in requests per second.
+//! records how busy the load CPU (wrk and the backend) was: near 100 % it, not the proxy, sets
+//! the rate, and a cheaper proxy cannot show it in requests per second.
 
 use std::time::Duration;
 

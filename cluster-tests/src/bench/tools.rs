@@ -233,7 +233,7 @@ fn build_sluice() -> anyhow::Result<(PathBuf, PathBuf)> {
 }
 
 /// Compiles `cluster-tests/bench/{name}.c` into `dir`.
-pub(crate) fn build_c(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+fn build_c(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("bench/{name}.c"));
     let out = dir.join(name);
     let res = Command::new("gcc")
@@ -283,7 +283,9 @@ mod tests {
         let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
+        s.set_nodelay(true).expect("nodelay");
         let head = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        // Apart in time so that `answer` reads them apart: the last cut is inside the `\r\n\r\n`.
         for part in [&head[..17], &head[17..26], &head[26..]] {
             s.write_all(part.as_bytes()).expect("write");
             s.flush().expect("flush");
