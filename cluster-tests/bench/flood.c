@@ -8,8 +8,11 @@
  *   flood -p PORT -d SECS -c INFLIGHT            keep INFLIGHT connections opening: connect, send a
  *                                                GET, wait for the first byte / EOF / RST, close
  *                                                with RST (no TIME_WAIT). Counts how each ended.
- *   flood -p PORT -d SECS -r RATE -b SRC_IP      paced client from SRC_IP: one new connection per
- *                                                1/RATE s, full GET, success and latency.
+ *   flood -p PORT -d SECS -r RATE -b SRC_IP [-n N]
+ *                                                paced client from SRC_IP: one new connection per
+ *                                                1/RATE s, full GET, success and latency. With -n,
+ *                                                from N addresses in turn, SRC_IP and the N - 1
+ *                                                after it, each at RATE/N.
  *
  * Output: one line of key=value pairs (the paced client adds `latencies_ms=` with every
  * successful request's latency in the order sent, and `sent_at_s=` with when each was sent).
@@ -32,6 +35,8 @@
 static const char GET[] = "GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
 static struct sockaddr_in target, source;
 static int bind_source;
+/* The paced client's addresses: source's and the sources - 1 after it, in turn. */
+static uint32_t first_source, sources = 1, next_source;
 
 static double mono(void) {
     struct timespec t;
@@ -48,6 +53,7 @@ static int dial(void) {
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &rst, sizeof rst);
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (bind_source) {
+        source.sin_addr.s_addr = htonl(first_source + next_source++ % sources);
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
         if (bind(fd, (struct sockaddr *)&source, sizeof source) != 0) goto fail;
     }
@@ -207,7 +213,7 @@ int main(int argc, char **argv) {
     const char *src = NULL;
     int port = 0, inflight = 256, o;
     double secs = 5, rate = 0, timeout = 2.0;
-    while ((o = getopt(argc, argv, "p:d:c:r:b:t:")) != -1) {
+    while ((o = getopt(argc, argv, "p:d:c:r:b:t:n:")) != -1) {
         switch (o) {
         case 'p': port = atoi(optarg); break;
         case 'd': secs = atof(optarg); break;
@@ -215,6 +221,7 @@ int main(int argc, char **argv) {
         case 'r': rate = atof(optarg); break;
         case 'b': src = optarg; break;
         case 't': timeout = atof(optarg); break;
+        case 'n': sources = (uint32_t)atoi(optarg); break;
         default: fprintf(stderr, "usage: see the comment at the top of flood.c\n"); return 2;
         }
     }
@@ -229,6 +236,11 @@ int main(int argc, char **argv) {
         source.sin_family = AF_INET;
         if (inet_pton(AF_INET, src, &source.sin_addr) != 1 || (ntohl(source.sin_addr.s_addr) >> 24) != 127) {
             fprintf(stderr, "flood: -b must be a 127.0.0.0/8 address\n");
+            return 2;
+        }
+        first_source = ntohl(source.sin_addr.s_addr);
+        if (sources < 1 || sources > 64 || ((first_source + sources - 1) >> 24) != 127) {
+            fprintf(stderr, "flood: -n must be 1-64 and keep every address in 127.0.0.0/8\n");
             return 2;
         }
         bind_source = 1;

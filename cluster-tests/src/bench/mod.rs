@@ -9,7 +9,7 @@
 //!   stick table tracking every request under a limit that never fires, and with the limit
 //!   firing (almost every answer a `429`) — [`http`];
 //! - `flood`: a new-connection flood refused by a connection-rate rule, with a good client from
-//!   another address; CPU per refused connection — [`flood`];
+//!   three other addresses; CPU per refused connection — [`flood`];
 //! - `table`: memory per entry at 1,000,000 entries, replication throughput, and the time a
 //!   restarted node takes to hold a peer's 100,000 and 1,000,000 entries, and the latency of
 //!   requests to it meanwhile — [`table`];

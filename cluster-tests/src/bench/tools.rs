@@ -305,6 +305,53 @@ mod tests {
         );
     }
 
+    /// The flood phase's good client with `-n 3`: its requests come from 127.0.0.2, .3 and .4
+    /// in turn, and each is answered and counted.
+    #[test]
+    fn the_paced_client_takes_its_addresses_in_turn() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let bin = build_c(dir.path(), "flood").expect("gcc builds flood.c");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = std::thread::spawn(move || {
+            let mut from = Vec::new();
+            for _ in 0..6 {
+                let (mut c, peer) = listener.accept().expect("accept");
+                let mut buf = [0u8; 512];
+                let _ = c.read(&mut buf).expect("the request");
+                c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    .expect("answer");
+                from.push(peer.ip().to_string());
+            }
+            from
+        });
+        let out = Command::new(&bin)
+            .args([
+                "-p",
+                &port.to_string(),
+                "-d",
+                "0.2",
+                "-r",
+                "30",
+                "-b",
+                "127.0.0.2",
+            ])
+            .args(["-n", "3"])
+            .output()
+            .expect("run the paced client");
+        let from = server.join().expect("the server thread");
+        assert_eq!(from, ["127.0.0.2", "127.0.0.3", "127.0.0.4"].repeat(2));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("ok=6 "), "{text}");
+        for bad in ["0", "65"] {
+            let out = Command::new(&bin)
+                .args(["-p", "1", "-r", "1", "-b", "127.0.0.2", "-n", bad])
+                .output()
+                .expect("run the paced client");
+            assert_eq!(out.status.code(), Some(2), "-n {bad}");
+        }
+    }
+
     #[test]
     fn answer_refuses_a_missing_body_argument() {
         let dir = tempfile::tempdir().expect("temporary directory");
