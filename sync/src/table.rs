@@ -449,18 +449,28 @@ impl Table {
     }
 
     /// Writes a register (`server_id`, `gpt0`) of a tracked entry. `wall_ms` is the node's
-    /// wall clock, for the write's stamp. Does nothing if the table does not store `ty`.
-    pub fn set_register(&self, t: &mut Tracked, ty: DataType, value: u64, wall_ms: u64, now: Tick) {
-        let Some(f) = self
+    /// wall clock, for the write's stamp. Returns the fleet-merged value just before the write,
+    /// read under the same lock (`None`: unset, so this write is the first). Does nothing and
+    /// returns `None` if the table does not store `ty`.
+    pub fn set_register(
+        &self,
+        t: &mut Tracked,
+        ty: DataType,
+        value: u64,
+        wall_ms: u64,
+        now: Tick,
+    ) -> Option<u64> {
+        let f = self
             .layout
             .field(ty)
             .filter(|f| f.cell == Cell::Register)
-            .copied()
-        else {
-            return;
-        };
+            .copied()?;
         let stamp = self.hlc.stamp(wall_ms);
-        self.write_local(t, now, |e, cx| e.set_register(cx, &f, value, stamp));
+        self.write_local(t, now, |e, cx| {
+            let before = e.read(cx, &f);
+            e.set_register(cx, &f, value, stamp);
+            before
+        })
     }
 
     /// The fleet-merged value of `ty` for a tracked entry at `now`. `None` if the table does

@@ -176,16 +176,23 @@ fn registers_last_writer_wins_and_ties_break_by_node_name() {
     let k = ip("10.0.0.4");
     let (mut ha, mut hb) = (a.table.handle(k.clone()), b.table.handle(k.clone()));
     // Same wall-clock millisecond on fresh clocks: the stamps are equal, "b" > "a" wins.
-    a.table
+    // Each write returns the value it replaced: none yet, on either node.
+    let first = a
+        .table
         .set_register(&mut ha, D::ServerId, 1, 1_000, a.tick(0));
-    b.table
+    assert_eq!(first, None);
+    let first = b
+        .table
         .set_register(&mut hb, D::ServerId, 2, 1_000, b.tick(0));
+    assert_eq!(first, None);
     full_sync(&[&a, &b], 1);
     assert_eq!(a.read(&k, D::ServerId, 1), Some(2));
     assert_eq!(b.read(&k, D::ServerId, 1), Some(2));
     // A later write wins even when its wall clock is behind: a has observed b's stamp.
-    a.table
+    let before = a
+        .table
         .set_register(&mut ha, D::ServerId, 3, 500, a.tick(2));
+    assert_eq!(before, Some(2), "the merged value it replaced, b's");
     full_sync(&[&a, &b], 3);
     assert_eq!(a.read(&k, D::ServerId, 3), Some(3));
     assert_eq!(b.read(&k, D::ServerId, 3), Some(3));
@@ -194,7 +201,10 @@ fn registers_last_writer_wins_and_ties_break_by_node_name() {
         None,
         "an unwritten register has no value"
     );
-    a.table.set_register(&mut ha, D::Gpt0, 7, 2_000, a.tick(3));
+    assert_eq!(
+        a.table.set_register(&mut ha, D::Gpt0, 7, 2_000, a.tick(3)),
+        None
+    );
     a.sync_to(&b, 4);
     assert_eq!(b.read(&k, D::Gpt0, 4), Some(7));
 }

@@ -159,14 +159,15 @@ impl Sticky {
                     let mut h = table.handle(key);
                     // Concurrent first requests of one client all found it unassigned; only
                     // the first to commit makes the assignment news worth yielding for.
-                    let first = table.read(&mut h, DataType::ServerId, now).is_none();
-                    table.set_register(
-                        &mut h,
-                        DataType::ServerId,
-                        u64::from(server.id),
-                        clock.wall_ms(),
-                        now,
-                    );
+                    let first = table
+                        .set_register(
+                            &mut h,
+                            DataType::ServerId,
+                            u64::from(server.id),
+                            clock.wall_ms(),
+                            now,
+                        )
+                        .is_none();
                     touched.store(now.0.max(1), Relaxed);
                     return Committed::Stored {
                         to_peers: first && table.has_feed(),
