@@ -120,6 +120,37 @@ pub(crate) fn run(env: &Env, opts: &Opts, report: &mut Report) -> anyhow::Result
     .goal(Goal::RatioAtMost(1.0));
     // Per proxy, every good request: (latency ms, run, seconds into the client's run).
     let mut pooled: HashMap<&str, Vec<(f64, usize, f64)>> = HashMap::new();
+    let port_s = port.to_string();
+    let (secs_s, inflight) = (secs.to_string(), INFLIGHT.to_string());
+    let flood_args = ["-p", &port_s, "-d", &secs_s, "-c", &inflight];
+    // The good client runs inside the flood's window: it starts 0.3 s after the flooder.
+    let good_secs = format!("{:.1}", secs as f64 - 0.6);
+    let rate = (GOOD_RATE * GOOD_SOURCES).to_string();
+    let sources = GOOD_SOURCES.to_string();
+    let good_args = [
+        "-p",
+        &port_s,
+        "-d",
+        &good_secs,
+        "-r",
+        &rate,
+        "-b",
+        "127.0.0.2",
+        "-n",
+        &sources,
+    ];
+    let rt = procs::RT_PRIORITY.to_string();
+    let flood_bin = env.flood.display().to_string();
+    // chrt execs the client once it is real-time: its first request is measured too.
+    let (good_program, good_args): (&Path, Vec<&str>) = if realtime {
+        let chrt = ["-f", rt.as_str(), flood_bin.as_str()];
+        (
+            Path::new("chrt"),
+            chrt.into_iter().chain(good_args).collect(),
+        )
+    } else {
+        (&env.flood, good_args.to_vec())
+    };
     for r in 0..opts.runs {
         for proxy in order(r) {
             let cfg = if proxy == "sluice" { &sl } else { &ha };
@@ -134,48 +165,19 @@ pub(crate) fn run(env: &Env, opts: &Opts, report: &mut Report) -> anyhow::Result
                 "flooder",
                 LOAD_CPU,
                 &env.flood,
-                &[
-                    "-p",
-                    &port.to_string(),
-                    "-d",
-                    &secs.to_string(),
-                    "-c",
-                    &INFLIGHT.to_string(),
-                ],
+                &flood_args,
                 &[],
                 &flood_log,
             )?;
-            // The good client runs inside the flood's window.
             std::thread::sleep(Duration::from_millis(300));
-            let port_s = port.to_string();
-            let good_secs = format!("{:.1}", secs as f64 - 0.6);
-            let rate = (GOOD_RATE * GOOD_SOURCES).to_string();
-            let sources = GOOD_SOURCES.to_string();
-            let rt = procs::RT_PRIORITY.to_string();
-            let flood_bin = env.flood.display().to_string();
-            let good_args = [
-                "-p",
-                &port_s,
-                "-d",
-                &good_secs,
-                "-r",
-                &rate,
-                "-b",
-                "127.0.0.2",
-                "-n",
-                &sources,
-            ];
-            // chrt execs the client once it is real-time: its first request is measured too.
-            let (program, args): (&Path, Vec<&str>) = if realtime {
-                let chrt = ["-f", rt.as_str(), flood_bin.as_str()];
-                (
-                    Path::new("chrt"),
-                    chrt.into_iter().chain(good_args).collect(),
-                )
-            } else {
-                (&env.flood, good_args.to_vec())
-            };
-            let mut client = Proc::spawn("good client", LOAD_CPU, program, &args, &[], &good_log)?;
+            let mut client = Proc::spawn(
+                "good client",
+                LOAD_CPU,
+                good_program,
+                &good_args,
+                &[],
+                &good_log,
+            )?;
             let within = Duration::from_secs(secs + 10);
             flooder.wait(within)?;
             let el = t0.elapsed().as_secs_f64();
