@@ -189,73 +189,84 @@ pub(crate) fn spawn_accept(
                 return;
             }
         };
-        let mut backoff = Duration::from_millis(5);
-        let mut since_yield = 0;
-        loop {
-            // Under a flood the listener is always readable and tokio would let this loop
-            // accept (and refuse) up to its coop budget, 128 connections, before the tasks of
-            // the admitted ones run: hand the core over every few accepts, and after every
-            // admitted one, so a good client is not served in bursts.
-            if since_yield >= YIELD_EVERY {
-                since_yield = 0;
-                tokio::task::yield_now().await;
-            }
-            let sem = current.read().conns.clone();
-            let permit = tokio::select! {
-                biased;
-                _ = stop.cancelled() => break,
-                p = sem.acquire_owned() => match p {
-                    Ok(p) => p,
-                    // The semaphore is never closed; a closed one would mean a dropped frontend.
-                    Err(_) => continue,
-                },
-            };
-            let (stream, peer) = tokio::select! {
-                biased;
-                _ = stop.cancelled() => break,
-                r = accept(&listener) => match r {
-                    Ok(x) => { backoff = Duration::from_millis(5); x }
-                    Err(error) => {
-                        // Out of file descriptors or similar: back off instead of spinning.
-                        warn!(%error, "accept failed");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(1));
-                        continue;
-                    }
-                },
-            };
-            since_yield += 1;
-            let fe = current.read().clone();
-            // Connection rules run here when they can, so a refused connection (a flood)
-            // costs no task.
-            let Ok(admitted) = conn::admit(peer, &fe) else {
-                continue;
-            };
-            since_yield = YIELD_EVERY;
-            // An admitted connection closes gracefully: a reset would throw away whatever
-            // of its last answer the kernel has not sent yet.
-            let stream = match socket2::SockRef::from(&stream)
-                .set_linger(None)
-                .and_then(|()| stream.set_nonblocking(true))
-                .and_then(|()| tokio::net::TcpStream::from_std(stream))
-            {
-                Ok(s) => s,
-                Err(error) => {
-                    debug!(%error, "cannot register an accepted connection");
-                    continue;
-                }
-            };
-            conns.spawn(conn::handle(
-                stream,
-                peer,
-                fe,
-                conn_token.clone(),
-                permit,
-                admitted,
-            ));
+        // One wait on `stop` for the loop's whole life, polled when the task wakes, rather
+        // than two made, registered and dropped per connection.
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => {}
+            () = accept_loop(&listener, &current, &conn_token, &conns) => {}
         }
         info!(addr = ?listener.get_ref().local_addr().ok(), "listener closed");
     });
+}
+
+/// Accepts, runs the connection rules and spawns each admitted connection, forever.
+async fn accept_loop(
+    listener: &AsyncFd<std::net::TcpListener>,
+    current: &RwLock<Arc<Frontend>>,
+    conn_token: &CancellationToken,
+    conns: &TaskTracker,
+) {
+    let mut backoff = Duration::from_millis(5);
+    let mut since_yield = 0;
+    loop {
+        // Under a flood the listener is always readable and tokio would let this loop accept
+        // (and refuse) up to its coop budget, 128 connections, before the tasks of the
+        // admitted ones run: hand the core over every few accepts, and after every admitted
+        // one, so a good client is not served in bursts.
+        if since_yield >= YIELD_EVERY {
+            since_yield = 0;
+            tokio::task::yield_now().await;
+        }
+        let (stream, peer) = match accept(listener).await {
+            Ok(x) => {
+                backoff = Duration::from_millis(5);
+                x
+            }
+            Err(error) => {
+                // Out of file descriptors or similar: back off instead of spinning.
+                warn!(%error, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        since_yield += 1;
+        let fe = current.read().clone();
+        // Connection rules run here when they can, so a refused connection (a flood) costs
+        // no task and never touches the `max_connections` semaphore.
+        let Ok(admitted) = conn::admit(peer, &fe) else {
+            continue;
+        };
+        since_yield = YIELD_EVERY;
+        // At the cap the loop waits here with this one connection, and the rest wait in the
+        // kernel's accept queue.
+        let Ok(permit) = fe.conns.clone().acquire_owned().await else {
+            // The semaphore is never closed; a closed one would mean a dropped frontend.
+            continue;
+        };
+        // An admitted connection closes gracefully: a reset would throw away whatever of its
+        // last answer the kernel has not sent yet.
+        let stream = match socket2::SockRef::from(&stream)
+            .set_linger(None)
+            .and_then(|()| stream.set_nonblocking(true))
+            .and_then(|()| tokio::net::TcpStream::from_std(stream))
+        {
+            Ok(s) => s,
+            Err(error) => {
+                debug!(%error, "cannot register an accepted connection");
+                continue;
+            }
+        };
+        conns.spawn(conn::handle(
+            stream,
+            peer,
+            fe,
+            conn_token.clone(),
+            permit,
+            admitted,
+        ));
+    }
 }
 
 /// Connections the accept loop takes before it lets other tasks run.
@@ -265,6 +276,13 @@ const YIELD_EVERY: u32 = 16;
 async fn accept(
     listener: &AsyncFd<std::net::TcpListener>,
 ) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+    // Under a flood a connection is nearly always waiting: take it without the readiness
+    // future. The listener is non-blocking (tokio's `into_std` leaves it so), and a
+    // `WouldBlock` here leaves the cached readiness for `try_io` below to clear.
+    match listener.get_ref().accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        result => return result,
+    }
     loop {
         let mut ready = listener.readable().await?;
         if let Ok(result) = ready.try_io(|l| l.get_ref().accept()) {
